@@ -57,6 +57,8 @@ def _add_demo(commands) -> None:
     cmd.add_argument("--artifact", metavar="DIR", help="adapt this exported artifact (no export extra needed)")
     cmd.add_argument("--epochs", type=int, metavar="E", help="training epochs (default: the demo's own)")
     cmd.add_argument("--lbp", default="lp-tri:4", metavar="SPEC", help="LBP selection (default: %(default)s)")
+    cmd.add_argument("--block", type=int, default=8, metavar="K",
+                     help="WHT block side for the bundled backbone's 8x8 token grid (default: %(default)s)")
     cmd.add_argument("--threads", type=int, metavar="T", help="Numba + BLAS threads (default: all cores)")
     cmd.add_argument("--seed", type=int, default=0)
     cmd.set_defaults(run=_lazy("edge_lbp.demo", "demo_command"))

@@ -45,7 +45,7 @@ def _class_count(path: Path) -> int:
     return len(classes)
 
 
-def _export_backbone(out_dir: Path, classes: int, lbp: str) -> Path:
+def _export_backbone(out_dir: Path, classes: int, lbp: str, block: int) -> Path:
     try:
         from edge_lbp.export.exporter import export_model
         from edge_lbp.export.models import load_pretrained
@@ -54,11 +54,11 @@ def _export_backbone(out_dir: Path, classes: int, lbp: str) -> Path:
                          f"(pip install 'edge-lbp[export]'); on a board, pass --artifact DIR exported on a "
                          f"workstation ({err})") from None
     started = time.perf_counter()
-    report = export_model(load_pretrained(BACKBONE, num_classes=classes), out_dir, lbp=lbp, train="all",
-                          optimizer="adamw", lr=LR)
+    report = export_model(load_pretrained(BACKBONE, num_classes=classes), out_dir, lbp=lbp, block=block,
+                          train="all", optimizer="adamw", lr=LR)
     rewritten = [r for r in report.layers if r["status"] == "rewritten"]
     ratio = statistics.mean(r["flop_ratio"] for r in rewritten) if rewritten else 1.0
-    _say(f"  export: {BACKBONE} with --lbp {lbp}: {len(rewritten)} linear layers rewritten "
+    _say(f"  export: {BACKBONE} with --lbp {lbp} --block {block}: {len(rewritten)} linear layers rewritten "
          f"(their backward products {ratio:.2f}x the FLOPs), {report.total:,} parameters, "
          f"{time.perf_counter() - started:.1f} s")
     return out_dir
@@ -100,7 +100,7 @@ def demo_command(args) -> int:
             artifact = Path(args.artifact)
         else:
             classes = _class_count(Path(args.data)) if args.data else 8
-            artifact = _export_backbone(work / "artifact", classes, args.lbp)
+            artifact = _export_backbone(work / "artifact", classes, args.lbp, args.block)
         trainer = Trainer(artifact, schedule="cosine", warmup_steps=10, threads=args.threads, seed=args.seed)
         train, val = _datasets(args, work, trainer.manifest)
         _say(f"  data: {len(train)} training / {len(val)} validation images, {len(train.classes)} classes"

@@ -60,7 +60,7 @@ class Report:
 def _geometry(row):
     grid = "x".join(map(str, row["grid"]))
     extra = f"+{row['extra_tokens']}" if row["extra_tokens"] else ""
-    return f"{row['kind']:<6} grid {grid}{extra:<3} {row['selection']:<8}"
+    return f"{row['kind']:<6} grid {grid}{extra:<3} k{row['block']:<2} {row['selection']:<8}"
 
 
 def _human_bytes(size):

@@ -64,7 +64,7 @@ def test_default_demo_adapts_the_bundled_backbone(tmp_path):
     assert "linear layers rewritten" in result.stdout
 
 
-def test_demo_adapts_to_a_users_image_folder(artifact, tmp_path, capsys):
+def test_demo_adapts_the_bundled_backbone_to_a_users_image_folder(tmp_path, capsys):
     from PIL import Image
 
     from edge_lbp.synthetic import draw
@@ -76,8 +76,10 @@ def test_demo_adapts_to_a_users_image_folder(artifact, tmp_path, capsys):
             folder.mkdir(parents=True)
             for i in range(count):
                 Image.fromarray(draw(kind, rng)).save(folder / f"{i}.png")
-    args = ["demo", "--artifact", str(artifact), "--data", str(tmp_path / "photos"), "--epochs", "1", "--threads", "1"]
+    args = ["demo", "--data", str(tmp_path / "photos"), "--block", "4", "--epochs", "1", "--threads", "1"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"your data in {tmp_path / 'photos'}" in out
+    # 8x8 grid in 4x4 blocks: CLS + 4 blocks x 10 lp-tri:4 bases = 41 of 65 token rows in every backward product
+    assert f"--lbp lp-tri:4 --block 4: 24 linear layers rewritten (their backward products {41 / 65:.2f}x" in out
     assert "36 training / 12 validation images, 3 classes (cross, disc, stripes)" in out
