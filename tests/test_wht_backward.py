@@ -4,7 +4,7 @@ import pytest
 
 import lbp_reference as ref
 from edge_lbp.bases import parse_selection
-from edge_lbp.wht import linear_backward
+from edge_lbp.wht import Projector, linear_backward, lowrank_backward
 
 
 def _layer(rng, b, n, ci, co):
@@ -61,6 +61,15 @@ def test_extra_tokens_get_exact_gradients():
     x, gy, w = _layer(np.random.default_rng(6), 2, 2 + 14 * 14, 9, 5)
     gx, _, _ = linear_backward(x, gy, w, grid=(14, 14), extra_tokens=2, selection="lp-tri:2")
     np.testing.assert_allclose(gx[:, :2], gy[:, :2] @ w, rtol=1e-5, atol=1e-6)
+
+
+def test_unwanted_gradients_are_skipped_and_the_rest_unchanged():
+    x, gy, w = _layer(np.random.default_rng(8), 2, 1 + 8 * 8, 6, 5)
+    projector = Projector.of((8, 8), 1, 4, "lp-tri:3")
+    gx, gw, gb = linear_backward(x, gy, w, grid=(8, 8), extra_tokens=1, block=4, selection="lp-tri:3")
+    only_gw = lowrank_backward(projector.project(x), gy, w, projector, input_grad=False, bias_grad=False)
+    assert only_gw[0] is None and only_gw[2] is None
+    np.testing.assert_array_equal(only_gw[1], gw)
 
 
 def _smooth(rng, b, h, w, c):

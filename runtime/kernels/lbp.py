@@ -42,7 +42,8 @@ def wht_matmul_grad(attrs, node):
 
     def run(x_hat, dy, b, *_dense):
         # y = a @ b with b (Ci, Co) is a linear layer with weight b^T; its gradient in b's orientation is gw^T.
-        gx, gw, _ = lowrank_backward(x_hat, dy, b.T, projector, grad_padding=padding, input_grad=input_grad)
+        gx, gw, _ = lowrank_backward(x_hat, dy, b.T, projector, grad_padding=padding, input_grad=input_grad,
+                                     bias_grad=False)
         return gx, gw.T
 
     return run
