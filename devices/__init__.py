@@ -7,7 +7,7 @@ Every reader takes a ``root`` (``/`` on the device, a fake sysfs tree in tests) 
 from edge_lbp.devices._sysfs import SensorError, SensorNotice
 from edge_lbp.devices.boards import PUBLISHED_POWER_MODELS, BoardProfile, PowerModel, detect_board
 from edge_lbp.devices.cpustate import CpuStateReader
-from edge_lbp.devices.doctor import doctor_report
+from edge_lbp.devices.report import device_report
 from edge_lbp.devices.power import EstimateReader, ExternalMeter, PowerReader, PowerReading
 from edge_lbp.devices.sampler import (
     EnergyReport,
@@ -50,8 +50,9 @@ __all__ = [
     "SensorNotice",
     "counter_delta",
     "detect_board",
-    "doctor_report",
+    "device_report",
     "energy_in_window",
     "open_power_reader",
+    "power_series",
     "parse_pmic_adc",
 ]

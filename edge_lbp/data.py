@@ -5,6 +5,8 @@ them as uint8 ``(N, H, W, C)`` in memory: N·H·W·C bytes (1,188 CIFAR images a
 150 MB). Decoding once keeps epochs fast on a small board, and finds unreadable files before training starts,
 so every epoch sees the same samples.
 
+``random_batches`` and ``endless_batches`` repeat batches without end, for timing steps (the profiler).
+
 ``batches(dataset, batch_size, shuffle=..., augment=..., seed=..., epoch=...)`` yields ``(x, y)``: ``x`` float32
 NCHW normalised as the manifest records it (pixels scaled to ``input_range``, then ``(x - mean) / std``), ``y``
 int64. Every random choice is a pure function of ``(seed, epoch, batch index)``, so a run resumed at any batch
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from edge_lbp.runtime.artifact import logits_output, model_input
 
 # Files considered images in a class folder (anything else, e.g. a README or .DS_Store, is not data).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -66,7 +70,7 @@ def open_dataset(path, manifest, *, split: str = "train", classes: Optional[Sequ
     """
     manifest = getattr(manifest, "manifest", manifest)
     path = Path(path)
-    shape = manifest["inputs"][0]["shape"]
+    shape = model_input(manifest)["shape"]
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
         raise ValueError(f"the model's input shape {shape} is not a fixed (batch, C, H, W) image shape")
     channels, height, width = shape[1:]
@@ -87,7 +91,7 @@ def open_dataset(path, manifest, *, split: str = "train", classes: Optional[Sequ
         raise ValueError(f"{path}: no such image folder or .npz file")
     if len(labels) == 0:
         raise ValueError(f"{path}: no readable images")
-    num_outputs = manifest["outputs"][0]["shape"][-1]
+    num_outputs = logits_output(manifest)["shape"][-1]
     if isinstance(num_outputs, int) and int(labels.max()) >= num_outputs:
         raise ValueError(f"{path}: label {int(labels.max())} ({len(names)} classes) but the model has "
                          f"{num_outputs} outputs")
@@ -217,3 +221,30 @@ def _read_npz(path: Path, split: str, size):
         images = np.stack([_fit(Image.fromarray(im[..., 0] if gray else im), size) for im in images])
     names = [str(n) for n in names] if names is not None else [str(i) for i in range(int(labels.max()) + 1)]
     return np.ascontiguousarray(images), labels, names, 0
+
+
+def random_batches(manifest: dict, batch: int):
+    """One random batch of the artifact's input shape, repeated: generating data must not be measured."""
+    shape = model_input(manifest)["shape"][1:]
+    classes = logits_output(manifest)["shape"][-1]
+    if not all(isinstance(d, int) for d in [*shape, classes]):
+        raise ValueError(f"the artifact's input shape {shape} or class count {classes} is not fixed: pass --data")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *shape)).astype(np.float32)
+    y = rng.integers(0, classes, batch)
+    while True:
+        yield x, y
+
+
+def endless_batches(path, manifest: dict, batch: int):
+    """Full batches of the training split of ``path``, epoch after epoch. An epoch's smaller last batch is
+    skipped so that every measured step has the same size."""
+    dataset = open_dataset(path, manifest, split="train")
+    if len(dataset) < batch:
+        raise ValueError(f"{path}: {len(dataset)} training samples, fewer than one batch of {batch}")
+    epoch = 0
+    while True:
+        for x, y in batches(dataset, batch, shuffle=True, seed=0, epoch=epoch):
+            if len(y) == batch:
+                yield x, y
+        epoch += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Tuple, Union
 
+from edge_lbp import defaults
 from edge_lbp.bases import check_block
 
 PADDING_MODES = ("reflect", "zero")
@@ -34,7 +35,7 @@ class Geometry:
     height: int
     width: int
     extra: int = 0
-    block: int = 8
+    block: int = defaults.BLOCK
 
     def __post_init__(self):
         parse_grid((self.height, self.width))
@@ -43,7 +44,7 @@ class Geometry:
             raise ValueError(f"extra tokens must be >= 0, got {self.extra}")
 
     @classmethod
-    def of(cls, grid, extra_tokens: int = 0, block: int = 8) -> "Geometry":
+    def of(cls, grid, extra_tokens: int = 0, block: int = defaults.BLOCK) -> "Geometry":
         h, w = parse_grid(grid)
         return cls(h, w, int(extra_tokens), check_block(block))
 

@@ -1,4 +1,5 @@
-"""The ``edge_lbp`` ONNX ops: names, attributes, and the dense operators their function bodies use.
+"""The ONNX contract between the exporter and the device engine: domains, the IR version artifacts keep to, and
+the ``edge_lbp`` ops (names, attributes, unread-output naming, the dense operators their function bodies use).
 
 The exporter writes these nodes and the device engine reads them, so this contract lives in the shared core.
 
@@ -23,12 +24,28 @@ import numpy as np
 from edge_lbp.bases import Selection
 from edge_lbp.wht import Projector
 
+STANDARD_DOMAINS = ("", "ai.onnx")  # both spellings of the default ONNX domain
+MICROSOFT = "com.microsoft"  # ONNX Runtime's contrib and training ops
+MAX_IR_VERSION = 10  # what onnxruntime(-training) 1.19 reads: artifacts and inference files stay at or below it
+
 DOMAIN = "edge_lbp"
 OPSET = 1
 PROJECT = "WHTProject"
 PROJECT_MAP = "WHTProjectMap"
 MATMUL_GRAD = "WHTMatMulGrad"
 CONV_GRAD = "WHTConvGrad"
+GRAD_OPS = (MATMUL_GRAD, CONV_GRAD)
+# ORT leaves an unread gradient output nameless; an ONNX function call needs every output named, so the rewrite
+# names it with this marker and the engine skips computing it.
+UNUSED_OUTPUT = "/wht_unused_"
+
+
+def unused_output(node_name: str, index: int) -> str:
+    return f"{node_name}{UNUSED_OUTPUT}{index}"
+
+
+def is_used(output_name: str) -> bool:
+    return UNUSED_OUTPUT not in output_name
 
 
 def node_attributes(projector: Projector, grad_padding: str = "reflect") -> Dict[str, object]:

@@ -7,7 +7,6 @@ phase boundaries (a few µs each) and does all aggregation after the steps.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import time
@@ -75,7 +74,6 @@ class Profiler:
         self._memory: Optional[PeakMemory] = None
         self._memory_kind: dict = {}
         self._marks: Optional[list] = None  # the boundary marks of the step being measured, else None
-        self._restore = None
         self._cpu: Dict[str, tuple] = {}  # "start" (first measured step), "end" (exit): time, process, system
 
     # -- measuring ---------------------------------------------------------------------------------------------
@@ -83,15 +81,12 @@ class Profiler:
         self.sampler.start()
         self._memory = PeakMemory()
         self._memory_kind = {"method": self._memory.method, "is_peak": self._memory.is_peak}
-        self._restore = self._split_forward_backward()
         return self
 
     def __exit__(self, *exc) -> None:
         # System-wide CPU times come from /proc/stat (~80 µs right after a step): read at the ends only.
         self._cpu["end"] = (time.perf_counter(), _cpu_seconds(), psutil.cpu_times())
         self.sampler.stop()
-        if self._restore:
-            self._restore()
         self._memory.close()
         self._memory = None
 
@@ -99,30 +94,6 @@ class Profiler:
         memory = self._memory
         self._marks.append((phase, time.perf_counter(), _cpu_seconds(), memory.peak()))
         memory.reset()
-
-    def _split_forward_backward(self):
-        """The numba engine runs forward and backward in one graph call, so their memory peaks and CPU use would
-        merge. A mark just before the step that starts the backward run (the first node after which no forward
-        node follows) separates them; it costs one extra call per step and is removed on exit. Returns the undo
-        function, or None for engines without node steps (ort: one ``forward_backward`` phase)."""
-        from edge_lbp.runtime.session import NumbaSession, backward_phase
-
-        if not isinstance(self.session, NumbaSession):
-            return None
-        steps = self.session.training.steps
-        phases = [backward_phase(s.name, s.op_type) for s in steps]
-        if "forward" not in phases or phases[-1] == "forward":
-            return None
-        index = len(phases) - phases[::-1].index("forward")
-        original = steps[index]
-
-        def run(*args):
-            if self._marks is not None:  # a plain train_step inside the block is not measured
-                self._mark("forward")
-            return original.run(*args)
-
-        steps[index] = dataclasses.replace(original, run=run)
-        return lambda: steps.__setitem__(index, original)
 
     def step(self, inputs, labels) -> float:
         """One measured training step (forward, backward, optimizer); returns the loss."""
@@ -135,7 +106,10 @@ class Profiler:
         self._memory.reset()
         start, cpu = time.perf_counter(), _cpu_seconds()
         try:
-            loss = self.session.forward_backward(inputs, labels, trace=spans)
+            # Where the engine runs forward and backward as one graph call, its memory peaks and CPU use would
+            # merge: the engine's forward-end hook puts a boundary mark between them.
+            loss = self.session.forward_backward(inputs, labels, trace=spans,
+                                                 on_forward_end=lambda: self._mark("forward"))
             self._mark("backward" if marks else "forward_backward")
             self.session.optimizer_step(trace=spans)
             self._mark("optimizer")
@@ -293,59 +267,3 @@ def profile(session, batches: Iterable, *, steps: int = 10, warmup: int = 3,
         for _ in range(steps):
             prof.step(*next_batch())
     return prof
-
-
-def random_batches(manifest: dict, batch: int):
-    """One random batch of the artifact's input shape, repeated: generating data must not be measured."""
-    shape = manifest["inputs"][0]["shape"][1:]
-    classes = manifest["outputs"][0]["shape"][-1]
-    if not all(isinstance(d, int) for d in [*shape, classes]):
-        raise ValueError(f"the artifact's input shape {shape} or class count {classes} is not fixed: pass --data")
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, *shape)).astype(np.float32)
-    y = rng.integers(0, classes, batch)
-    while True:
-        yield x, y
-
-
-def data_batches(path, manifest: dict, batch: int):
-    """Full batches of ``path`` read through :mod:`edge_lbp.data`, epoch after epoch. An epoch's smaller last
-    batch is skipped so that every measured step has the same size."""
-    from edge_lbp.data import batches, open_dataset
-
-    dataset = open_dataset(path, manifest, split="train")
-    if len(dataset) < batch:
-        raise ValueError(f"{path}: {len(dataset)} training samples, fewer than one batch of {batch}")
-    epoch = 0
-    while True:
-        for x, y in batches(dataset, batch, shuffle=True, seed=0, epoch=epoch):
-            if len(y) == batch:
-                yield x, y
-        epoch += 1
-
-
-def profile_command(args) -> int:
-    """``edge-lbp profile``: profile an artifact on random inputs (or ``--data``) and write the three files."""
-    import sys
-    import warnings
-
-    import edge_lbp.runtime as runtime
-    from edge_lbp.profile_report import summary
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    engine = "numba" if args.engine == "auto" else args.engine
-    session = runtime.load(args.artifact, engine, threads=args.threads)
-    manifest = session.artifact.manifest
-    batches = (data_batches(args.data, manifest, args.batch_size) if args.data
-               else random_batches(manifest, args.batch_size))
-    # Sensor fall-backs arrive as warnings; on the command line they are one-line notes, not tracebacks.
-    with warnings.catch_warnings(record=True) as notes:
-        warnings.simplefilter("always")
-        prof = profile(session, batches, steps=args.steps, warmup=args.warmup, rate_hz=args.rate)
-    for note in dict.fromkeys(str(n.message) for n in notes):
-        print(f"edge-lbp: note: {note}", file=sys.stderr)
-    paths = prof.write(args.out)
-    print(summary(prof.report(), warmup=args.warmup, data=args.data))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0

@@ -1,5 +1,4 @@
-"""Training loops on the device: ``Trainer`` (schedules, accumulation, clipping, history, checkpoints) and the
-``edge-lbp train`` / ``edge-lbp eval`` commands.
+"""Training on the device: ``Trainer`` (schedules, accumulation, clipping, history, checkpoints, evaluation).
 
 Device side: numpy and the engine only (torch and onnxruntime are never imported here; the ``ort`` engine
 imports onnxruntime itself when asked for).
@@ -16,31 +15,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from edge_lbp.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, save_checkpoint
-from edge_lbp.data import Dataset, batches, num_batches, open_dataset
-from edge_lbp.progress import Progress
-
-SCHEDULES = ("constant", "cosine")
-ENGINES = ("auto", "numba", "ort")
-
-
-def schedule_lr(update: int, *, peak: float, schedule: str = "constant", warmup_steps: int = 0,
-                total_steps=None) -> float:
-    """Learning rate of optimizer update number ``update`` (0-based).
-
-    Warm-up: ``peak * (update + 1) / warmup_steps`` for the first ``warmup_steps`` updates (the first update
-    already moves). Then ``constant``: ``peak``; ``cosine``: ``peak * (1 + cos(pi * t)) / 2`` with
-    ``t = (update - warmup_steps) / (total_steps - warmup_steps)``, held at 0 once ``t`` reaches 1.
-    """
-    if update < warmup_steps:
-        return peak * (update + 1) / warmup_steps
-    if schedule == "constant":
-        return peak
-    if not total_steps:
-        raise ValueError("the cosine schedule needs total_steps (fit() derives it from the epochs)")
-    t = min(1.0, (update - warmup_steps) / max(1, total_steps - warmup_steps))
-    return peak * 0.5 * (1.0 + math.cos(math.pi * t))
+from edge_lbp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from edge_lbp.data import Dataset, batches, num_batches
+from edge_lbp.schedule import SCHEDULES, schedule_lr
 
 
 class Trainer:
@@ -57,8 +36,6 @@ class Trainer:
 
     def __init__(self, artifact_dir, *, engine: str = "auto", threads=None, lr=None, schedule: str = "constant",
                  warmup_steps: int = 0, accumulate: int = 1, clip_norm=None, seed: int = 0, total_steps=None):
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if int(accumulate) < 1 or int(warmup_steps) < 0 or int(seed) < 0:
@@ -68,8 +45,8 @@ class Trainer:
             raise ValueError(f"lr and clip_norm must be positive; got {lr}, {clip_norm}")
         import edge_lbp.runtime as runtime
 
-        self.session = runtime.load(artifact_dir, "numba" if engine == "auto" else engine, threads=threads)
-        if clip_norm is not None and not hasattr(self.session, "grads"):
+        self.session = runtime.load(artifact_dir, engine, threads=threads)
+        if clip_norm is not None and not self.session.capabilities.gradients:
             raise ValueError(f"clip_norm needs the numba engine: the {self.session.engine} engine keeps its "
                              "gradients inside ONNX Runtime, out of reach for scaling")
         self.artifact_dir = str(Path(artifact_dir).resolve())
@@ -116,13 +93,13 @@ class Trainer:
     def _update(self) -> None:
         scale = 1.0 / self._micro  # the engines sum micro-batch gradients; the update uses their mean
         lr = self.lr
-        grads = getattr(self.session, "grads", None)
-        if grads is None:
+        if not self.session.capabilities.gradients:
             # ort: gradients stay inside ONNX Runtime. SGD's update is linear in them, so dividing the learning
             # rate is exact; AdamW divides by the gradients' own scale, so their sum gives the same update.
             if self.manifest["optimizer"]["name"] == "sgd":
                 lr *= scale
         else:
+            grads = self.session.gradients()
             if self.clip_norm is not None:
                 squares = sum(float(np.square(g, dtype=np.float64).sum()) for g in grads.values())
                 self.grad_norm = scale * math.sqrt(squares)
@@ -205,14 +182,19 @@ class Trainer:
             data = itertools.islice(train, self.batch, None)
         running = self._running
         started = time.perf_counter() - running["seconds"]
-        bar = Progress(per_epoch, label=label, enabled=progress)
+        # disable=None is tqdm's "only on a terminal": redirected output (a log, CI, the CLI's one-line errors)
+        # gets no carriage returns.
+        bar = tqdm(total=per_epoch, initial=self.batch, desc=label, file=sys.stderr, leave=False, unit="batch",
+                   disable=False if progress == "always" else (None if progress else True), mininterval=0.1)
         try:
             for x, y in data:
                 loss = self.step(x, y)
                 self.batch += 1
                 running["loss_sum"] += loss
                 running["batches"] += 1
-                bar.update(self.batch, loss=running["loss_sum"] / running["batches"], lr=self._last_lr())
+                bar.set_postfix(loss=f"{running['loss_sum'] / running['batches']:.4g}", lr=f"{self._last_lr():.3g}",
+                                refresh=False)
+                bar.update(1)
                 if self._stop and self._micro == 0:  # a checkpoint holds no half-accumulated gradients
                     break
             else:
@@ -259,7 +241,7 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
 
     def _check_checkpointable(self) -> None:
-        if not hasattr(self.session, "optimizer_state"):
+        if not self.session.capabilities.optimizer_state:
             raise ValueError(f"checkpoints need the numba engine: the {self.session.engine} engine does not expose "
                              "its optimizer moments")
 
@@ -323,62 +305,3 @@ class Trainer:
 def _fresh_epoch() -> dict:
     """The running sums of the epoch in progress (saved, so a resumed epoch reports the same train loss)."""
     return {"loss_sum": 0.0, "batches": 0, "seconds": 0.0}
-
-
-# ---- the edge-lbp train / eval commands -------------------------------------------------------------------------
-
-
-def train_command(args) -> int:
-    export = _inference_exporter() if args.export_onnx else None  # fail before training, not after it
-    if args.resume:
-        if not args.checkpoint:
-            raise ValueError("--resume needs --checkpoint DIR (the folder to continue from)")
-        trainer = Trainer.resume(args.checkpoint, args.artifact, engine=args.engine, threads=args.threads)
-        print(f"resuming {args.checkpoint}: epoch {trainer.epoch + 1}, batch {trainer.batch}, "
-              f"update {trainer.updates} (hyper-parameters from the checkpoint)")
-    else:
-        if args.checkpoint and has_checkpoint(args.checkpoint):
-            raise ValueError(f"{args.checkpoint}: holds a checkpoint; pass --resume to continue it, or choose "
-                             "another folder")
-        trainer = Trainer(args.artifact, engine=args.engine, threads=args.threads, lr=args.lr,
-                          schedule=args.schedule, warmup_steps=args.warmup_steps, accumulate=args.accumulate,
-                          clip_norm=args.clip_norm, seed=args.seed)
-    train = open_dataset(args.data, trainer.manifest, split="train", classes=trainer.classes)
-    val = open_dataset(args.val, trainer.manifest, split="val", classes=train.classes) if args.val else None
-    print(f"train: {len(train)} images, {len(train.classes)} classes ({train.source})"
-          + (f"; val: {len(val)} images ({val.source})" if val is not None else ""))
-
-    def report(_, record):
-        val_part = (f"  val_loss {record['val_loss']:.4f}  val_accuracy {record['val_accuracy']:.4f}"
-                    if record["val_loss"] is not None else "")
-        print(f"epoch {record['epoch']}/{args.epochs}  train_loss {record['train_loss']:.4f}{val_part}"
-              f"  lr {record['lr']:.3g}  {record['seconds']:.1f} s", flush=True)
-
-    try:
-        trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size, augment=not args.no_augment,
-                    callbacks=[report], checkpoint=args.checkpoint)
-    except KeyboardInterrupt:
-        saved = f"; saved to {args.checkpoint}, continue with --resume" if args.checkpoint else ""
-        print(f"edge-lbp: interrupted in epoch {trainer.epoch + 1} after batch {trainer.batch}{saved}",
-              file=sys.stderr)
-        return 130
-    if export is not None:
-        print(f"inference model: {export(trainer.session, args.export_onnx)}")
-    return 0
-
-
-def eval_command(args) -> int:
-    trainer = Trainer(args.artifact, engine=args.engine, threads=args.threads)
-    classes = trainer.load_parameters(args.checkpoint)["classes"] if args.checkpoint else None
-    data = open_dataset(args.data, trainer.manifest, split=args.split, classes=classes)
-    metrics = trainer.evaluate(data, batch_size=args.batch_size)
-    print(f"loss {metrics['loss']:.4f}  accuracy {metrics['accuracy']:.4f}  samples {metrics['samples']}")
-    return 0
-
-
-def _inference_exporter():
-    try:
-        from edge_lbp.runtime.inference import export_inference
-    except ImportError as err:
-        raise ValueError(f"--export-onnx needs edge_lbp.runtime.inference, which this installation lacks ({err})")
-    return export_inference

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from edge_lbp import kernels
+from edge_lbp import defaults, wht_kernels
 from edge_lbp.bases import Selection, SelectionSpec, hadamard_sequency, parse_selection
 from edge_lbp.geometry import PADDING_MODES, Geometry
 
@@ -28,7 +28,8 @@ class Projector:
     _tables: Tuple[np.ndarray, ...] = field(repr=False, compare=False)
 
     @classmethod
-    def of(cls, grid, extra_tokens: int = 0, block: int = 8, selection: SelectionSpec = "lp-tri:4") -> "Projector":
+    def of(cls, grid, extra_tokens: int = 0, block: int = defaults.BLOCK,
+           selection: SelectionSpec = defaults.SELECTION) -> "Projector":
         geometry = Geometry.of(grid, extra_tokens, block)
         sel = parse_selection(selection, geometry.block)
         return _projector(geometry, sel)
@@ -51,7 +52,7 @@ class Projector:
         out = _output(out, (x.shape[0], self.rows, x.shape[2]), "projection")
         g = self.geometry
         out[:, :g.extra] = x[:, :g.extra]
-        kernels.project_grid(x, out, *self._tables, g.extra, g.height, g.width, g.pad_top, g.pad_left,
+        wht_kernels.project_grid(x, out, *self._tables, g.extra, g.height, g.width, g.pad_top, g.pad_left,
                              np.float32(scale), padding == "zero")
         return out
 
@@ -64,7 +65,7 @@ class Projector:
         g = self.geometry
         out = _output(out, (coeffs.shape[0], g.tokens, coeffs.shape[2]), "reconstruction")
         out[:, :g.extra] = coeffs[:, :g.extra]
-        kernels.reconstruct_grid(coeffs, out, *self._tables, g.extra, g.height, g.width, g.pad_top, g.pad_left)
+        wht_kernels.reconstruct_grid(coeffs, out, *self._tables, g.extra, g.height, g.width, g.pad_top, g.pad_left)
         return out
 
 
@@ -122,7 +123,7 @@ def lowrank_backward(x_hat: np.ndarray, gy: np.ndarray, weight: np.ndarray, proj
 
 
 def linear_backward(x: np.ndarray, gy: np.ndarray, weight: np.ndarray, *, grid, extra_tokens: int = 0,
-                    block: int = 8, selection: SelectionSpec = "lp-tri:4",
+                    block: int = defaults.BLOCK, selection: SelectionSpec = defaults.SELECTION,
                     grad_padding: str = "reflect") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LBP-WHT gradients ``(gx, gw, gb)`` of ``y = x W^T + b``.
 

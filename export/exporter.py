@@ -15,7 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge_lbp.export import artifact, training
+from edge_lbp import defaults
+from edge_lbp.export import training, writer
 
 # What the built-in presets expect (CIFAR-style); other models get the same unless the caller says otherwise.
 DEFAULT_MEAN_STD = 0.5, 0.5
@@ -71,8 +72,9 @@ def _human_bytes(size):
     return f"{size:.1f} GB"
 
 
-def export_model(model, out_dir, *, lbp="lp-tri:4", train="all", optimizer="adamw", lr=1e-3, input_shape=None,
-                 num_classes=None, grid=None, extra_tokens=None, block=8, normalization=None, progress=None):
+def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimizer="adamw", lr=1e-3,
+                 input_shape=None, num_classes=None, grid=None, extra_tokens=None, block=defaults.BLOCK,
+                 normalization=None, progress=None):
     """Export ``model`` to the artifact folder ``out_dir`` and return a ``Report``.
 
     ``lbp``: ``"none"``, ``"full"``, ``"lp-tri:<o>"``, optionally followed by ``,pattern=spec`` overrides;
@@ -104,7 +106,7 @@ def export_model(model, out_dir, *, lbp="lp-tri:4", train="all", optimizer="adam
         say(f"LBP rewrite ({lbp})")
         rewritten, table = apply_lbp(onnx.load(result["training_model.onnx"]), forward, input_shape, config)
         say(f"writing {out_dir}")
-        manifest = artifact.write_artifact(
+        manifest = writer.write_artifact(
             out_dir, forward=forward, training=rewritten, ort_dir=tmp, trainable=result["requires_grad"],
             frozen=result["frozen"], labels=result["labels"], lr=lr, model=source, trainable_set=train,
             lbp={"spec": lbp, **dataclasses.asdict(config), "layers": table},
@@ -112,7 +114,7 @@ def export_model(model, out_dir, *, lbp="lp-tri:4", train="all", optimizer="adam
     sizes = _parameter_sizes(forward)
     return Report(source=source["source"], out_dir=Path(out_dir), layers=table,
                   trainable=sum(sizes[n] for n in manifest["trainable"]),
-                  frozen=sum(sizes[n] for n in manifest["frozen"]), size=artifact.artifact_size(out_dir),
+                  frozen=sum(sizes[n] for n in manifest["frozen"]), size=writer.artifact_size(out_dir),
                   manifest=manifest)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edge_lbp import ops
+from edge_lbp import defaults, ops
 from edge_lbp.bases import parse_selection
 from edge_lbp.geometry import parse_grid
 from edge_lbp.wht import Projector
@@ -30,15 +30,15 @@ MAX_EXTRA_TOKENS = 2  # CLS and distillation: more leading tokens than that are 
 class LbpConfig:
     """Which selection each layer gets (``none`` keeps it exact), and the geometry the user fixes."""
 
-    default: str = "lp-tri:4"
+    default: str = defaults.SELECTION
     overrides: Tuple[Tuple[str, str], ...] = ()
     grid: Optional[Tuple[int, int]] = None
     extra_tokens: Optional[int] = None
-    block: int = 8
+    block: int = defaults.BLOCK
     grad_padding: str = "reflect"
 
     @classmethod
-    def parse(cls, lbp: str = "lp-tri:4", *, grid=None, extra_tokens=None, block=8) -> "LbpConfig":
+    def parse(cls, lbp: str = defaults.SELECTION, *, grid=None, extra_tokens=None, block=defaults.BLOCK) -> "LbpConfig":
         """``"lp-tri:4"`` or ``"lp-tri:4,blocks.0.*=none"``: a default, then ``pattern=spec`` overrides."""
         default, *rest = [part.strip() for part in lbp.split(",")]
         overrides = []
@@ -259,7 +259,7 @@ def rewrite(model: onnx.ModelProto, layers: Sequence[LinearLayer], projectors, g
                                                   name=f"{layer.node}/WHTProject", domain=ops.DOMAIN, **attrs))
         replaced = set(layer.grad_nodes)
         backward_at = min(i for i, n in enumerate(nodes) if n.name in replaced)
-        outputs = [o or f"{layer.node}/wht_unused_{i}" for i, o in enumerate(layer.outputs)]
+        outputs = [o or ops.unused_output(layer.node, i) for i, o in enumerate(layer.outputs)]
         grad_op = ops.MATMUL_GRAD if layer.kind == "matmul" else ops.CONV_GRAD
         grad_node = helper.make_node(grad_op, [stash, layer.grad_output, layer.operand, f"{key}.grad_projection",
                                                f"{key}.reconstruction"], outputs,

@@ -10,11 +10,11 @@ import warnings
 
 import onnx
 
+from edge_lbp.ops import MAX_IR_VERSION
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 17
-# onnxruntime-training 1.19 refuses models with an IR version above 10 (onnx >= 1.18 writes 11).
-MAX_IR_VERSION = 10
 
 
 def export_forward(module, input_shape, *, opset=OPSET):

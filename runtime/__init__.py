@@ -1,23 +1,32 @@
-"""Device side: read an artifact folder and run its training graphs.
+"""Device side: open an artifact folder with an engine and train it.
 
-``load(artifact_dir, engine="numba" | "ort")`` returns a session with ``train_step(inputs, labels) -> loss``,
-``eval_step(inputs) -> logits``, ``parameters()``, ``set_parameters(mapping)`` and a settable ``lr``. The numba
-engine imports numpy, numba, onnx and safetensors only; the ort engine needs onnxruntime-training.
+``load(artifact_dir, engine="auto" | "numba" | "ort")`` returns a :class:`~edge_lbp.runtime.session.Session`
+(``train_step``, ``forward_backward``, ``optimizer_step``, ``eval_step``, ``parameters``, ``set_parameters``, a
+settable ``lr``, and the ``capabilities`` it declares). The numba engine imports numpy, numba, onnx and safetensors
+only; the ort engine needs onnxruntime-training.
+
+Modules: ``artifact`` (the folder's format, reader and verifier), ``session`` (the engine contract),
+``numba_session`` and ``ort_session`` (the engines), ``graph`` (the node-by-node executor), ``registry`` and
+``kernels/`` (op kernels), ``passes`` (load-time graph passes), ``inference`` (the adapted model as plain ONNX).
 """
 from edge_lbp.config import set_threads
-from edge_lbp.runtime.artifact import Artifact, ArtifactError
 
 ENGINES = ("numba", "ort")
+AUTO = "auto"  # the device engine, numba
 
 
-def load(artifact_dir, engine: str = "numba", *, threads=None, verify: bool = True):
+def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True):
     """Open an artifact folder with the chosen engine; ``threads`` caps Numba and BLAS together (default: all cores)."""
+    if engine == AUTO:
+        engine = "numba"
     if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} (or {AUTO})")
     set_threads(threads)
+    from edge_lbp.runtime.artifact import Artifact
+
     artifact = Artifact.open(artifact_dir, verify=verify)
     if engine == "numba":
-        from edge_lbp.runtime.session import NumbaSession
+        from edge_lbp.runtime.numba_session import NumbaSession
 
         return NumbaSession(artifact)
     from edge_lbp.runtime.ort_session import OrtSession
@@ -25,4 +34,13 @@ def load(artifact_dir, engine: str = "numba", *, threads=None, verify: bool = Tr
     return OrtSession(artifact)
 
 
-__all__ = ["Artifact", "ArtifactError", "ENGINES", "load"]
+def __getattr__(name):
+    # The reader imports onnx: only when asked for, so that the CLI's parser can read ENGINES cheaply.
+    if name in ("Artifact", "ArtifactError"):
+        from edge_lbp.runtime import artifact
+
+        return getattr(artifact, name)
+    raise AttributeError(f"module 'edge_lbp.runtime' has no attribute {name!r}")
+
+
+__all__ = ["AUTO", "Artifact", "ArtifactError", "ENGINES", "load"]

@@ -1,9 +1,23 @@
-"""Reads an artifact folder on the device: manifest, checksums, parameters, graphs. numpy + onnx + safetensors only."""
+"""The artifact folder, the unit that travels from the workstation to the device: its layout, its manifest's
+schema, and the one reader and verifier. numpy, onnx and safetensors only.
+
+Layout (every path in the manifest is relative to the folder, so the folder moves as a unit)::
+
+    manifest.json          the schema below; ``checksums`` covers every other file
+    training_model.onnx    ORT's training graph after the LBP rewrite
+    eval_model.onnx        ORT's eval graph (forward + loss)
+    optimizer_model.onnx   ORT's optimizer graph (AdamWOptimizer or SGDOptimizerV2)
+    params.safetensors     every parameter, trainable and frozen, float32 (readable without ONNX Runtime)
+    ort/checkpoint         ORT's own checkpoint (what the ``ort`` engine loads)
+
+The exporter (``edge_lbp.export.writer``) writes through the names defined here; the engines, the trainer, the
+data readers and the inference export read through :class:`Artifact` and :func:`logits_output`.
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict
 
 import numpy as np
@@ -13,10 +27,31 @@ from edge_lbp.files import sha256
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+GRAPH_FILES = {"training": "training_model.onnx", "eval": "eval_model.onnx", "optimizer": "optimizer_model.onnx"}
+PARAMS_FILE = "params.safetensors"
+ORT_CHECKPOINT = "ort/checkpoint"
+BATCH = "batch"  # how the manifest spells the batch dimension of an input or output shape
+INPUT_RANGE = [0.0, 1.0]  # images are scaled to this range before (x - mean) / std
+
+# Keys every manifest has, with their JSON types; optional keys are typed when present.
+_REQUIRED = {"schema_version": int, "graphs": dict, "params": str, "labels": str, "inputs": list, "outputs": list,
+             "trainable": list, "frozen": list, "checksums": dict}
+_OPTIONAL = {"ort_checkpoint": str, "optimizer": dict, "normalization": dict, "lbp": dict, "model": dict,
+             "loss": dict, "trainable_set": str}
 
 
 class ArtifactError(ValueError):
     """The folder is not a usable artifact; the message names the file and what is wrong."""
+
+
+def logits_output(manifest: dict) -> dict:
+    """The model's output record ``{name, dtype, shape}``: the logits, ``shape[-1]`` classes."""
+    return manifest["outputs"][0]
+
+
+def model_input(manifest: dict) -> dict:
+    """The model's (image) input record ``{name, dtype, shape}``, ``shape[0]`` spelled ``"batch"``."""
+    return manifest["inputs"][0]
 
 
 @dataclass(frozen=True)
@@ -26,34 +61,49 @@ class Artifact:
 
     @classmethod
     def open(cls, folder, *, verify: bool = True) -> "Artifact":
+        """Read and check the manifest; with ``verify`` also every file against its checksum."""
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():
-            raise ArtifactError(f"{path}: no manifest; is {folder} an artifact folder made by `edge-lbp export`?")
+            raise ArtifactError(f"{folder}: no {MANIFEST}; is it an artifact folder made by `edge-lbp export`?")
         try:
             manifest = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ArtifactError(f"{path}: not valid JSON ({err})") from None
-        version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ArtifactError(f"{path}: schema version {version!r}, this edge_lbp reads {SCHEMA_VERSION}")
-        for key in ("graphs", "params", "labels", "inputs", "trainable", "frozen", "checksums"):
-            if key not in manifest:
-                raise ArtifactError(f"{path}: missing field {key!r}")
+        _check_schema(manifest, path)
         artifact = cls(folder, manifest)
+        for relative in (*artifact.named_files(), *manifest["checksums"]):
+            artifact.path(relative)
         if verify:
             artifact.verify()
         return artifact
 
+    def named_files(self):
+        """The files the manifest names: the three graphs, the parameters and (when present) ORT's checkpoint."""
+        manifest = self.manifest
+        return [*manifest["graphs"].values(), manifest["params"]] + (
+            [manifest["ort_checkpoint"]] if "ort_checkpoint" in manifest else [])
+
     def path(self, relative: str) -> Path:
-        resolved = (self.folder / relative).resolve()
-        if self.folder.resolve() not in resolved.parents:
+        """``relative`` inside the folder; a path that would leave it is refused."""
+        parts = PurePosixPath(relative).parts
+        resolved = (self.folder / relative).resolve()  # a symbolic link may point out of the folder too
+        if (not parts or PurePosixPath(relative).is_absolute() or ".." in parts
+                or self.folder.resolve() not in resolved.parents):
             raise ArtifactError(f"{self.folder / MANIFEST}: path {relative!r} leaves the artifact folder")
         return resolved
 
     def verify(self) -> None:
-        """Every file the manifest lists exists and has its recorded SHA-256."""
-        for relative, expected in self.manifest["checksums"].items():
+        """Every file the manifest names is covered by its checksums, every file in the folder is listed, and every
+        listed file exists with its recorded SHA-256."""
+        checksums = self.manifest["checksums"]
+        listed = [*self.named_files()]
+        listed += sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*")
+                         if p.is_file() and p.name != MANIFEST)
+        unlisted = [r for r in listed if r not in checksums]
+        if unlisted:
+            raise ArtifactError(f"{self.folder / unlisted[0]}: not covered by the manifest's checksums")
+        for relative, expected in checksums.items():
             path = self.path(relative)
             if not path.is_file():
                 raise ArtifactError(f"{path}: listed in the manifest but missing")
@@ -67,6 +117,12 @@ class Artifact:
             return onnx.load(str(path))
         except Exception as err:  # protobuf raises several types for corrupt bytes
             raise ArtifactError(f"{path}: not a readable ONNX graph ({type(err).__name__})") from None
+
+    def inference_graph(self) -> onnx.ModelProto:
+        """The eval graph cut down to the logits: the eval graph ends in the loss, which needs labels."""
+        from edge_lbp.runtime.passes import prune_to_outputs
+
+        return prune_to_outputs(self.graph("eval"), [self.logits["name"]])
 
     def parameters(self) -> Dict[str, np.ndarray]:
         """All parameters as writable, contiguous float32 arrays (the engine updates them in place)."""
@@ -85,7 +141,11 @@ class Artifact:
 
     @property
     def input_name(self) -> str:
-        return self.manifest["inputs"][0]["name"]
+        return model_input(self.manifest)["name"]
+
+    @property
+    def logits(self) -> dict:
+        return logits_output(self.manifest)
 
     @property
     def labels(self) -> str:
@@ -94,3 +154,35 @@ class Artifact:
     @property
     def trainable(self):
         return list(self.manifest["trainable"])
+
+
+def verify_artifact(folder) -> dict:
+    """Check an artifact folder completely (schema, paths, checksums, no unlisted file); return its manifest."""
+    return Artifact.open(folder, verify=True).manifest
+
+
+def _check_schema(manifest, path) -> None:
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: the manifest is a JSON {type(manifest).__name__}, not an object")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ArtifactError(f"{path}: schema version {version!r}, this edge_lbp reads {SCHEMA_VERSION}")
+    for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if key not in manifest:
+            if key in _REQUIRED:
+                raise ArtifactError(f"{path}: missing field {key!r}")
+        elif not isinstance(manifest[key], kind):
+            raise ArtifactError(f"{path}: field {key!r} is a {type(manifest[key]).__name__}, "
+                                f"expected a {kind.__name__}")
+    missing = [kind for kind in GRAPH_FILES if not isinstance(manifest["graphs"].get(kind), str)]
+    if missing:
+        raise ArtifactError(f"{path}: field 'graphs' names no {missing[0]} graph")
+    for key in ("inputs", "outputs"):
+        records = manifest[key]
+        if not records or not all(isinstance(r, dict) and isinstance(r.get("name"), str)
+                                  and isinstance(r.get("shape"), list) for r in records):
+            raise ArtifactError(f"{path}: field {key!r} must list at least one {{name, dtype, shape}} record")
+    names = manifest["trainable"] + manifest["frozen"]
+    if not all(isinstance(n, str) for n in names) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in manifest["checksums"].items()):
+        raise ArtifactError(f"{path}: parameter names and checksums must be strings")

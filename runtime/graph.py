@@ -71,7 +71,7 @@ class Graph:
         for tensor in list(self.constants) + self.feeds:
             self._slot(tensor)
 
-        steps, problems, no_kernel = [], _check_types(graph), {}
+        steps, problems, no_kernel = [], registry.opset_problems(model) + _check_types(graph), {}
         for node in graph.node:
             op = f"{node.domain or 'ai.onnx'}::{node.op_type}"
             factory = registry.lookup(node.domain, node.op_type)
@@ -111,10 +111,12 @@ class Graph:
         return [Step(node.name, node.op_type, run, ins, outs, tuple(dying.get(i, ())))
                 for i, (node, run, ins, outs) in enumerate(wired)]
 
-    def run(self, feeds: Mapping[str, object], trace: Optional[list] = None) -> list:
+    def run(self, feeds: Mapping[str, object], trace: Optional[list] = None,
+            hooks: Optional[Mapping[int, Callable[[], None]]] = None) -> list:
         """Execute the graph and return its outputs in order (to read an intermediate, make it a graph output).
 
-        ``trace``, when given, receives ``(op_type, node name, start, end)`` per step (``time.perf_counter``).
+        ``trace``, when given, receives ``(op_type, node name, start, end)`` per step (``time.perf_counter``);
+        ``hooks`` maps a step index to a callable run just before that step (the profiler's phase boundary).
         """
         missing = [f for f in self.feeds if f not in feeds]
         if missing:
@@ -124,7 +126,9 @@ class Graph:
             values[self._slots[tensor]] = value
         for tensor in self.feeds:
             values[self._slots[tensor]] = feeds[tensor]
-        for step in self.steps:
+        for index, step in enumerate(self.steps):
+            if hooks and index in hooks:
+                hooks[index]()
             start = time.perf_counter() if trace is not None else 0.0
             try:
                 results = step.run(*[values[i] if i >= 0 else None for i in step.inputs])

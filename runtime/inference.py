@@ -8,17 +8,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edge_lbp.runtime.passes import prune_to_outputs
-
-STANDARD_DOMAINS = ("", "ai.onnx")
-MAX_IR_VERSION = 10  # what onnxruntime 1.19 reads
+from edge_lbp.ops import MAX_IR_VERSION, STANDARD_DOMAINS
 
 
 def inference_model(session) -> onnx.ModelProto:
     """The eval graph cut down to the logits, with the session's current parameters as initializers."""
     artifact = session.artifact
-    output = artifact.manifest["outputs"][0]
-    model = prune_to_outputs(artifact.graph("eval"), [output["name"]])
+    output = artifact.logits
+    model = artifact.inference_graph()
     params = session.parameters()
     graph = model.graph
     del graph.output[:]  # typed as the manifest records it: a model file must say what it returns
@@ -32,8 +29,9 @@ def inference_model(session) -> onnx.ModelProto:
     if foreign:
         raise ValueError(f"{artifact.folder}: the eval graph has non-standard ops {foreign}; cannot export it")
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    standard = [o for o in model.opset_import if o.domain in STANDARD_DOMAINS]
     del model.opset_import[:]
-    model.opset_import.extend(o for o in artifact.graph("eval").opset_import if o.domain in STANDARD_DOMAINS)
+    model.opset_import.extend(standard)
     onnx.checker.check_model(model)
     return model
 

@@ -12,12 +12,14 @@ from typing import Dict, Mapping
 import numpy as np
 
 from edge_lbp.runtime.artifact import Artifact
-from edge_lbp.runtime.passes import prune_to_outputs
-from edge_lbp.runtime.session import Inputs, Session
+from edge_lbp.runtime.session import Capabilities, Inputs, Session
 
 
 class OrtSession(Session):
+    """Gradients and optimizer moments stay inside ONNX Runtime, and forward and backward run as one call."""
+
     engine = "ort"
+    capabilities = Capabilities(gradients=False, optimizer_state=False, forward_end_hook=False, node_trace=False)
 
     def __init__(self, artifact: Artifact):
         super().__init__(artifact)
@@ -27,6 +29,8 @@ class OrtSession(Session):
         except ImportError as err:
             raise RuntimeError(f"the ort engine needs onnxruntime-training (pip install 'edge-lbp[export]'): {err}")
         manifest = artifact.manifest
+        if "ort_checkpoint" not in manifest:
+            raise ValueError(f"{artifact.folder}: this artifact has no ORT checkpoint; use the numba engine")
         self.state = api.CheckpointState.load_checkpoint(str(artifact.path(manifest["ort_checkpoint"])))
         self.module = api.Module(str(artifact.path(manifest["graphs"]["training"])), self.state,
                              str(artifact.path(manifest["graphs"]["eval"])))
@@ -35,15 +39,14 @@ class OrtSession(Session):
         self.set_parameters(artifact.parameters())
         self.optimizer = api.Optimizer(str(artifact.path(manifest["graphs"]["optimizer"])), self.module)
         # Module.eval() returns the loss only, so logits come from the eval graph pruned to them.
-        logits = manifest["outputs"][0]["name"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        pruned = prune_to_outputs(artifact.graph("eval"), [logits])
-        self.inference = ort.InferenceSession(pruned.SerializeToString(), options,
+        self.inference = ort.InferenceSession(artifact.inference_graph().SerializeToString(), options,
                                               providers=["CPUExecutionProvider"])
         self._inference_params = [i.name for i in self.inference.get_inputs() if i.name in self.state.parameters]
 
-    def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace=None) -> float:
+    def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace=None,
+                         on_forward_end=None) -> float:
         if not accumulate:
             self.module.lazy_reset_grad()  # the next run overwrites the gradient buffers instead of adding
         self.module.train()

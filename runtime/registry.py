@@ -12,14 +12,19 @@ node belongs in the factory, so the per-step call does array work and nothing el
 The callable takes the node's inputs in order (``None`` for an omitted optional input) and returns a tuple with
 one entry per node output.
 """
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import onnx
 from onnx import helper
 
+from edge_lbp import ops
+from edge_lbp.ops import STANDARD_DOMAINS
+
 Factory = Callable[[dict, onnx.NodeProto], Callable[..., tuple]]
 _KERNELS: Dict[Tuple[str, str], Factory] = {}
-STANDARD_DOMAINS = ("", "ai.onnx")
+# The opset versions whose semantics the kernels implement, per domain: axes as inputs (Squeeze, Unsqueeze,
+# ReduceSum) from 13; Split's num_outputs and ReduceMean's axes input from 18 (both forms are handled).
+OPSETS = {"": range(13, 19), ops.MICROSOFT: range(1, 2), ops.DOMAIN: range(ops.OPSET, ops.OPSET + 1)}
 
 
 def _domain(domain: str) -> str:
@@ -39,6 +44,19 @@ def register(op_type: str, domain: str = ""):
 
 def lookup(domain: str, op_type: str) -> Optional[Factory]:
     return _KERNELS.get((_domain(domain), op_type))
+
+
+def opset_problems(model: onnx.ModelProto) -> List[str]:
+    """The opset imports of the domains the graph's nodes use that the kernels do not implement."""
+    used = {_domain(node.domain) for node in model.graph.node}
+    problems = []
+    for opset in model.opset_import:
+        domain = _domain(opset.domain)
+        supported = OPSETS.get(domain)
+        if domain in used and supported is not None and opset.version not in supported:
+            problems.append(f"opset {domain or 'ai.onnx'} {opset.version} (the kernels implement "
+                            f"{supported.start}..{supported.stop - 1})")
+    return problems
 
 
 def attributes(node: onnx.NodeProto) -> dict:

@@ -1,63 +1,65 @@
-"""The engine interface, and the ``numba`` engine: the artifact's graphs run with numpy and Numba alone.
+"""The session contract: what every engine offers, and what it declares it offers beyond that.
 
-Both engines (``numba`` here, ``ort`` in :mod:`edge_lbp.runtime.ort_session`) start from the parameters in the
-artifact's tensor file and follow ONNX Runtime's training API step for step: a training step runs the training
-graph (gradients overwrite the accumulation buffers), then the optimizer graph with the step count plus one.
+A session is an artifact opened for training by one engine (``numba`` in :mod:`edge_lbp.runtime.numba_session`,
+``ort`` in :mod:`edge_lbp.runtime.ort_session`). Both start from the parameters in the artifact's tensor file and
+follow ONNX Runtime's training API step for step: a training step runs the training graph (gradients overwrite,
+or add to, the accumulation buffers), then the optimizer graph with the step count plus one.
+
+Every session runs steps, evaluates, and reads and writes parameters and the learning rate. What only some engines
+can do is declared in :class:`Capabilities`; callers (the trainer, the profiler) read the declaration instead of
+probing, and an undeclared capability raises :class:`Unsupported` with one line naming the engine.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, Mapping, Optional, Union
 
 import numpy as np
 
 from edge_lbp.runtime.artifact import Artifact
-from edge_lbp.runtime.graph import Graph
-from edge_lbp.runtime.passes import fold_transpose_into_gemm, prune_to_outputs
 
 Inputs = Union[np.ndarray, Mapping[str, np.ndarray]]
-# Ops ORT's gradient builder adds outside the ``<node>_Grad/`` names: loss gradient and gradient accumulation.
-_BACKWARD_OPS = ("SoftmaxCrossEntropyLossGrad", "InPlaceAccumulatorV2", "WHTMatMulGrad", "WHTConvGrad")
 
 
-def backward_phase(node_name: str, op_type: str) -> str:
-    """``forward`` or ``backward`` for a node of a training graph (ORT names gradient nodes ``<node>_Grad/...``)."""
-    backward = "_Grad/" in node_name or op_type in _BACKWARD_OPS or node_name.startswith("AccumulateGrad")
-    return "backward" if backward else "forward"
+@dataclass(frozen=True)
+class Capabilities:
+    gradients: bool  # gradients(): the live gradient buffers, which the caller may scale in place (clipping)
+    optimizer_state: bool  # optimizer_state() / set_optimizer_state(): step count and moments (checkpoints)
+    forward_end_hook: bool  # forward_backward(on_forward_end=...) is called between forward and backward
+    node_trace: bool  # trace spans per executed node (else one span per graph call)
+
+
+class Unsupported(ValueError):
+    """The engine does not offer what was asked (see ``Session.capabilities``)."""
 
 
 class Session:
-    """What every engine offers: one training step, evaluation, parameters, learning rate, optimizer state."""
+    """One artifact, one engine: steps, evaluation, parameters, learning rate (``lr``), and the capabilities."""
 
     engine = "?"
+    capabilities = Capabilities(gradients=False, optimizer_state=False, forward_end_hook=False, node_trace=False)
 
     def __init__(self, artifact: Artifact):
         self.artifact = artifact
         self.lr = float(artifact.manifest.get("optimizer", {}).get("lr", 1e-3))
 
-    def _feeds(self, inputs: Inputs) -> Dict[str, np.ndarray]:
-        if isinstance(inputs, Mapping):
-            return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
-        return {self.artifact.input_name: np.ascontiguousarray(inputs, dtype=np.float32)}
+    def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace: Optional[list] = None,
+                         on_forward_end: Optional[Callable[[], None]] = None) -> float:
+        """Loss of a batch; its gradients overwrite the gradient buffers, or are added to them (``accumulate``).
 
-    @staticmethod
-    def _labels(labels) -> np.ndarray:
-        return np.ascontiguousarray(labels, dtype=np.int64)
-
-    def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace=None) -> float:
-        """Loss of a batch; its gradients overwrite the gradient buffers, or are added to them (``accumulate``)."""
-        raise NotImplementedError
-
-    def optimizer_step(self, trace=None) -> None:
-        """One optimizer update from the gradient buffers."""
-        raise NotImplementedError
-
-    def train_step(self, inputs: Inputs, labels, trace=None) -> float:
-        """Forward, backward and one optimizer update; returns the loss of this batch.
-
-        ``trace``, when given, receives ``(phase, op_type, node, start, end)`` (``time.perf_counter``) per executed
-        node with phases ``forward``, ``backward``, ``optimizer`` (numba engine), or one span per graph call with
-        phases ``forward_backward`` and ``optimizer`` (ort engine, which runs forward and backward as one call).
+        ``trace``, when given, receives ``(phase, op_type, node, start, end)`` spans (``time.perf_counter``): per
+        node with phases ``forward`` and ``backward`` where ``capabilities.node_trace``, else one span per graph
+        call with phase ``forward_backward``. ``on_forward_end`` is called once the forward nodes are done, where
+        ``capabilities.forward_end_hook`` (an engine that runs both as one call never calls it).
         """
+        raise NotImplementedError
+
+    def optimizer_step(self, trace: Optional[list] = None) -> None:
+        """One optimizer update from the gradient buffers (spans with phase ``optimizer``)."""
+        raise NotImplementedError
+
+    def train_step(self, inputs: Inputs, labels, trace: Optional[list] = None) -> float:
+        """Forward, backward and one optimizer update; returns the loss of this batch."""
         loss = self.forward_backward(inputs, labels, trace=trace)
         self.optimizer_step(trace=trace)
         return loss
@@ -71,76 +73,35 @@ class Session:
         raise NotImplementedError
 
     def set_parameters(self, mapping: Mapping[str, np.ndarray]) -> None:
+        """Overwrite the named parameters (any subset; names and shapes are checked)."""
         raise NotImplementedError
 
-    def _check_parameters(self, mapping, current):
+    def gradients(self) -> Dict[str, np.ndarray]:
+        """The gradient buffers of the trainable parameters, live: scaling them in place changes the next update."""
+        raise Unsupported(f"the {self.engine} engine keeps its gradients out of reach (no gradient buffers)")
+
+    def optimizer_state(self) -> dict:
+        """``{"step": n, moment: {parameter: array}}``: copies of everything the optimizer carries between steps."""
+        raise Unsupported(f"the {self.engine} engine does not expose its optimizer moments")
+
+    def set_optimizer_state(self, state: Mapping) -> None:
+        raise Unsupported(f"the {self.engine} engine does not expose its optimizer moments")
+
+    # -- shared by the engines -----------------------------------------------------------------------------------
+    def _feeds(self, inputs: Inputs) -> Dict[str, np.ndarray]:
+        if isinstance(inputs, Mapping):
+            return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
+        return {self.artifact.input_name: np.ascontiguousarray(inputs, dtype=np.float32)}
+
+    @staticmethod
+    def _labels(labels) -> np.ndarray:
+        return np.ascontiguousarray(labels, dtype=np.int64)
+
+    @staticmethod
+    def _check_parameters(mapping, current) -> None:
         unknown = [n for n in mapping if n not in current]
         if unknown:
             raise KeyError(f"unknown parameters {unknown[:5]}")
         for name, value in mapping.items():
             if np.shape(value) != current[name].shape:
                 raise ValueError(f"parameter {name}: shape {np.shape(value)}, expected {current[name].shape}")
-
-
-class NumbaSession(Session):
-    """Parameters, gradients and optimizer moments live in arrays allocated once and updated in place."""
-
-    engine = "numba"
-
-    def __init__(self, artifact: Artifact):
-        super().__init__(artifact)
-        self.params = artifact.parameters()
-        self.trainable = artifact.trainable
-        self.grads = {p: np.zeros_like(self.params[p]) for p in self.trainable}
-        self.training = Graph(fold_transpose_into_gemm(artifact.graph("training")), name="training graph")
-        logits = artifact.manifest["outputs"][0]["name"]
-        self.eval = Graph(prune_to_outputs(artifact.graph("eval"), [logits]), name="eval graph")
-        self.optimizer = Graph(artifact.graph("optimizer"), name="optimizer graph")
-        moments = [f for f in self.optimizer.feeds if f.endswith("_order_moments")]
-        self.moments = {m: [np.zeros_like(self.params[p]) for p in self.trainable] for m in moments}
-        self.step = 0
-        self._phases = {step.name: backward_phase(step.name, step.op_type) for step in self.training.steps}
-
-    def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace=None) -> float:
-        feeds = {**self._feeds(inputs), self.artifact.labels: self._labels(labels), **self.params,
-                 "lazy_reset_grad": np.array([not accumulate])}
-        feeds.update((f"{p}_grad.accumulation.buffer", g) for p, g in self.grads.items())
-        spans = [] if trace is not None else None
-        loss = self.training.run(feeds, trace=spans)[0]
-        if trace is not None:
-            trace.extend((self._phases[name], op, name, t0, t1) for op, name, t0, t1 in spans)
-        return float(loss)
-
-    def optimizer_step(self, trace=None) -> None:
-        spans = [] if trace is not None else None
-        self.optimizer.run({
-            "learning_rate": np.array(self.lr, np.float32),
-            "step": np.array([self.step + 1], np.int64),  # ORT passes the 1-based step (bias correction)
-            "params": [self.params[p] for p in self.trainable],
-            "gradients": [self.grads[p] for p in self.trainable],
-            **self.moments,
-        }, trace=spans)
-        self.step += 1
-        if trace is not None:
-            trace.extend(("optimizer", op, name, t0, t1) for op, name, t0, t1 in spans)
-
-    def eval_step(self, inputs: Inputs) -> np.ndarray:
-        return self.eval.run({**self._feeds(inputs), **self.params})[0]
-
-    def parameters(self) -> Dict[str, np.ndarray]:
-        return {n: v.copy() for n, v in self.params.items()}
-
-    def set_parameters(self, mapping: Mapping[str, np.ndarray]) -> None:
-        self._check_parameters(mapping, self.params)
-        for name, value in mapping.items():
-            self.params[name][...] = value  # in place: the buffers stay where the graphs expect them
-
-    def optimizer_state(self) -> dict:
-        return {"step": self.step, **{m: {p: a.copy() for p, a in zip(self.trainable, arrays)}
-                                      for m, arrays in self.moments.items()}}
-
-    def set_optimizer_state(self, state: Mapping) -> None:
-        self.step = int(state["step"])
-        for moment, arrays in self.moments.items():
-            for p, array in zip(self.trainable, arrays):
-                array[...] = state[moment][p]

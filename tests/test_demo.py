@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge_lbp.cli import main
-from edge_lbp.demo import _class_count
+from edge_lbp.cli.demo import _class_count
 from subprocess_guard import BLOCK_WORKSTATION
 
 

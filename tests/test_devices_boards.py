@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from edge_lbp.devices import detect_board, doctor_report
+from edge_lbp.devices import detect_board, device_report
 from edge_lbp.devices.boards import parse_cpu_list, parse_l4t
 from fake_device import make_tree
 
@@ -141,7 +141,7 @@ CPU_STATE = {
 
 
 def test_doctor_on_orin_reports_the_readable_module_sensor(tmp_path):
-    report = doctor_report(make_tree(tmp_path, {**ORIN_NANO_JP6, **ina3221_hwmon(), **CPU_STATE}), machine="aarch64")
+    report = device_report(make_tree(tmp_path, {**ORIN_NANO_JP6, **ina3221_hwmon(), **CPU_STATE}), machine="aarch64")
     json.dumps(report)  # plain data only
     assert report["board"]["kind"] == "jetson-orin" and report["board"]["jetpack"] == "6"
     assert report["cores"] == {"logical": 6, "physical": 6, "online": 6}
@@ -155,7 +155,7 @@ def test_doctor_on_orin_reports_the_readable_module_sensor(tmp_path):
 
 
 def test_doctor_on_pi4_reports_an_estimate_and_what_to_fix(tmp_path):
-    report = doctor_report(make_tree(tmp_path, PI4), machine="aarch64")
+    report = device_report(make_tree(tmp_path, PI4), machine="aarch64")
     json.dumps(report)
     assert report["memory_bytes"] == 3884404 * 1024
     assert report["power"]["estimate"] is True
@@ -176,7 +176,7 @@ def test_doctor_explains_unreadable_rapl(tmp_path):
             raise PermissionError(13, "Permission denied", str(path))
         return path.read_text()
 
-    report = doctor_report(root, read_text=read_text, machine="x86_64")
+    report = device_report(root, read_text=read_text, machine="x86_64")
     entry = next(s for s in report["sensors"] if s["name"] == "rapl")
     assert entry["found"] and not entry["readable"]
     hint = next(h for h in report["hints"] if "energy_uj" in h)
@@ -188,7 +188,7 @@ def test_doctor_on_pi5_without_vcgencmd(tmp_path):
     def runner(argv):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
 
-    report = doctor_report(make_tree(tmp_path, PI5), runner=runner, machine="aarch64")
+    report = device_report(make_tree(tmp_path, PI5), runner=runner, machine="aarch64")
     pmic = next(s for s in report["sensors"] if s["name"] == "rpi5-pmic")
     assert pmic["found"] and not pmic["readable"]
     assert any("vcgencmd" in hint and "raspi-utils" in hint for hint in report["hints"])
@@ -196,13 +196,13 @@ def test_doctor_on_pi5_without_vcgencmd(tmp_path):
 
 
 def test_doctor_on_jetson_in_a_container_says_where_the_sensor_should_be(tmp_path, recwarn):
-    report = doctor_report(make_tree(tmp_path, {**NANO_JP4, **CPU_STATE}), machine="aarch64")
+    report = device_report(make_tree(tmp_path, {**NANO_JP4, **CPU_STATE}), machine="aarch64")
     assert report["power"]["estimate"] is True
     assert any("/sys/bus/i2c/drivers/ina3221x" in hint and "bind-mount" in hint for hint in report["hints"])
     assert not recwarn.list  # the doctor reports; it does not warn
 
 
 def test_doctor_on_x86_without_rapl_says_it_is_absent_not_forbidden(tmp_path):
-    report = doctor_report(make_tree(tmp_path, X86_SMT), machine="x86_64")
+    report = device_report(make_tree(tmp_path, X86_SMT), machine="x86_64")
     assert any("exposes no RAPL" in hint for hint in report["hints"])
     assert not any("root-only" in hint for hint in report["hints"])

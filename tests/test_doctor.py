@@ -7,14 +7,15 @@ import sys
 import pytest
 
 import edge_lbp.devices
-from edge_lbp import cli, doctor
+from edge_lbp import cli
+from edge_lbp.cli import doctor
 
 
 @pytest.fixture
 def bare_machine(tmp_path, monkeypatch):
     """An x86_64 machine with no sensor, cpufreq or thermal zone at all (an empty sysfs)."""
-    monkeypatch.setattr(edge_lbp.devices, "doctor_report",
-                        functools.partial(edge_lbp.devices.doctor_report, root=tmp_path, machine="x86_64"))
+    monkeypatch.setattr(edge_lbp.devices, "device_report",
+                        functools.partial(edge_lbp.devices.device_report, root=tmp_path, machine="x86_64"))
     return tmp_path
 
 

@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.training")
 
 from edge_lbp import cli  # noqa: E402
-from edge_lbp.export import artifact, models, onnx_export  # noqa: E402
+from edge_lbp.export import models, onnx_export  # noqa: E402
+from edge_lbp.runtime import artifact  # noqa: E402
 from edge_lbp.export.exporter import export_model  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent

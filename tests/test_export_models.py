@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from edge_lbp import ops  # noqa: E402
 from edge_lbp.export import models, onnx_export  # noqa: E402
 
 TINY = ["vit-tiny", "deit-tiny", "swin-tiny", "efficientformer-tiny"]
@@ -31,7 +32,7 @@ def test_forward_onnx_matches_torch(name):
     (logits,) = session.run([onnx_export.OUTPUT_NAME], {onnx_export.INPUT_NAME: x.numpy()})
     assert logits.shape == (3, cfg.num_classes)
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
-    assert forward.ir_version <= onnx_export.MAX_IR_VERSION
+    assert forward.ir_version <= ops.MAX_IR_VERSION
     assert forward.opset_import[0].version == onnx_export.OPSET
 
 

@@ -87,3 +87,77 @@ def test_core_install_alone_runs_the_device_path(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "loaded: [] (3, 4)" in result.stdout
     assert "absent: ['torch', 'onnxruntime']" in result.stdout
+
+
+def _readme_python_examples():
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def _sample_photos(folder, classes=("cat", "dog"), per_class=6):
+    from PIL import Image
+
+    rng = __import__("numpy").random.default_rng(0)
+    for name in classes:
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (40, 40, 3), dtype="uint8")
+            Image.fromarray(pixels).save(folder / name / f"{i}.png")
+
+
+@pytest.mark.slow
+def test_readme_python_examples_run_from_the_repository_root(tmp_path):
+    """A user's clone, the README's non-editable install, and every README Python example run from the clone's root
+    (where the source folder `edge_lbp/` shadows the installed package)."""
+    pytest.importorskip("torch", reason="the examples export with the workstation extra")
+    clone = tmp_path / "clone"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            (clone / name).write_bytes((ROOT / name).read_bytes())
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    # The package itself installs for real (not editable); its requirements come from this environment's
+    # site-packages, which a .pth adds behind the venv's own (no second torch download).
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    import sysconfig
+
+    Path(site, "parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(clone)], capture_output=True,
+                             text=True, env=env, timeout=1200)
+    assert install.returncode == 0, install.stderr[-3000:]
+
+    def run(args):
+        return subprocess.run([python, *args], cwd=clone, capture_output=True, text=True, env=env, timeout=1200)
+
+    where = run(["-c", "import edge_lbp.runtime as r; print(r.__file__)"])
+    assert where.returncode == 0, where.stderr[-3000:]
+    assert Path(where.stdout.strip()) == clone / "runtime" / "__init__.py"  # the source tree, as a user sees it
+    export = run(["-m", "edge_lbp", "export", "vit-tiny", "-o", "artifacts/vit-tiny"])
+    assert export.returncode == 0, export.stderr[-3000:]
+    _sample_photos(clone / "photos")
+    examples = _readme_python_examples()
+    assert len(examples) >= 3
+    for code in examples:
+        result = run(["-c", code])
+        assert result.returncode == 0, f"README example failed:\n{code}\n{result.stderr[-3000:]}"
+
+
+def test_readme_folder_table_matches_the_tree():
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| folder | installed as |"):]
+    table = table[:table.index("\n\n")]
+    rows = dict(re.findall(r"^\| `([\w/]+)/` \| (?:`([\w.]+)`|—) \|", table, re.M))
+    packages = {"edge_lbp": "edge_lbp", "edge_lbp/cli": "edge_lbp.cli", "export": "edge_lbp.export",
+                "runtime": "edge_lbp.runtime", "devices": "edge_lbp.devices", "tests": ""}
+    assert rows == packages
+    for folder in rows:
+        assert (ROOT / folder).is_dir(), folder
+    named = set(re.findall(r"`(\w+)`", table))
+    for module in list((ROOT / "runtime").glob("*.py")) + list((ROOT / "edge_lbp" / "cli").glob("*.py")):
+        if module.stem != "__init__":
+            assert module.stem in named, f"{module} is not in the README's folder table"

@@ -10,7 +10,8 @@ from edge_lbp import cli
 from edge_lbp.devices import EstimateReader, ExternalMeter, PowerSampler
 from edge_lbp.export.exporter import export_model
 from edge_lbp.memory import PeakMemory
-from edge_lbp.profiler import Profiler, profile, random_batches
+from edge_lbp.data import random_batches
+from edge_lbp.profiler import Profiler, profile
 from fake_device import board, make_tree
 
 WATTS, BATCH, STEPS = 7.5, 8, 4
@@ -180,14 +181,13 @@ def test_ort_engine_has_coarse_phases(artifact, sensors_root):
     assert all(p["peak_rss_bytes"] > 0 for p in report["phases"].values())
 
 
-def test_hook_is_removed_and_misuse_is_refused(artifact, sensors_root):
+def test_session_is_left_as_it_was_and_misuse_is_refused(artifact, sensors_root):
     session = runtime.load(artifact, "numba")
-    runs = [step.run for step in session.training.steps]
+    steps = list(session.training.steps)
     x, y = next(random_batches(session.artifact.manifest, 2))
     with Profiler(session, sampler=meter_sampler(sensors_root)) as prof:
         prof.step(x, y)
-        assert [step.run for step in session.training.steps] != runs
-    assert [step.run for step in session.training.steps] == runs
+    assert session.training.steps == steps  # the phase mark comes through the session's hook, not a patched graph
     with pytest.raises(RuntimeError, match="inside"):
         prof.step(x, y)
     clocked = PowerSampler(ExternalMeter(1.0), board=board("rpi4"), root=sensors_root, clock=time.monotonic)

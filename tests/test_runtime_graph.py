@@ -55,6 +55,21 @@ def test_unsupported_ops_are_all_reported_at_load_time():
         Graph(_model(nodes))
 
 
+def test_opsets_the_kernels_do_not_implement_are_refused_at_load_time():
+    relu = helper.make_node("Relu", ["x"], ["y"], name="r")
+    for version in (13, 17, 18):
+        model = _model([relu])
+        model.opset_import[0].version = version
+        Graph(model)
+    old = _model([relu])
+    old.opset_import[0].version = 11  # Squeeze/Unsqueeze/ReduceSum took axes as attributes then
+    with pytest.raises(UnsupportedGraph, match=r"opset ai\.onnx 11 \(the kernels implement 13\.\.18\)"):
+        Graph(old)
+    unused = _model([relu])
+    unused.opset_import.append(helper.make_opsetid("com.microsoft", 7))  # imported but used by no node: fine
+    Graph(unused)
+
+
 def test_unsupported_dtype_is_reported_at_load_time():
     weights = numpy_helper.from_array(np.ones(2, np.float16), "w")
     with pytest.raises(UnsupportedGraph, match="initializer 'w': dtype FLOAT16"):
@@ -78,13 +93,18 @@ def test_prune_keeps_what_the_output_needs():
 
 
 def _fake_artifact(folder):
-    folder.mkdir()
-    (folder / "params.safetensors").write_bytes(b"not really")
+    """A manifest that passes the schema, over placeholder files (the reader checks bytes, not their meaning)."""
     import hashlib
 
-    manifest = {"schema_version": 1, "graphs": {}, "params": "params.safetensors", "labels": "labels",
-                "inputs": [], "trainable": [], "frozen": [],
-                "checksums": {"params.safetensors": hashlib.sha256(b"not really").hexdigest()}}
+    folder.mkdir()
+    graphs = {"training": "t.onnx", "eval": "e.onnx", "optimizer": "o.onnx"}
+    files = {"params.safetensors": b"not really", **{name: name.encode() for name in graphs.values()}}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    record = {"name": "x", "dtype": "float32", "shape": ["batch", 3]}
+    manifest = {"schema_version": 1, "graphs": graphs, "params": "params.safetensors", "labels": "labels",
+                "inputs": [record], "outputs": [{**record, "name": "logits"}], "trainable": [], "frozen": [],
+                "checksums": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return manifest
 
@@ -102,6 +122,27 @@ def test_artifact_reader_checks_manifest_and_checksums(tmp_path):
         Artifact.open(tmp_path / "a")
     (tmp_path / "a" / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
+        Artifact.open(tmp_path / "a")
+
+
+def test_artifact_reader_refuses_malformed_manifests_and_unlisted_files(tmp_path):
+    manifest = _fake_artifact(tmp_path / "a")
+    path = tmp_path / "a" / "manifest.json"
+    for broken, message in [([], "a JSON list, not an object"), ({**manifest, "graphs": {}}, "names no training"),
+                            ({**manifest, "inputs": []}, "'inputs' must list"),
+                            ({**manifest, "trainable": "w"}, "'trainable' is a str"),
+                            ({k: v for k, v in manifest.items() if k != "labels"}, "missing field 'labels'")]:
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ArtifactError, match=message):
+            Artifact.open(tmp_path / "a")
+    path.write_text(json.dumps(manifest))
+    (tmp_path / "a" / "extra.bin").write_bytes(b"?")
+    with pytest.raises(ArtifactError, match="extra.bin: not covered by the manifest's checksums"):
+        Artifact.open(tmp_path / "a")
+    (tmp_path / "a" / "extra.bin").unlink()
+    listed = {k: v for k, v in manifest["checksums"].items() if k != "params.safetensors"}
+    path.write_text(json.dumps({**manifest, "checksums": listed}))  # a named file nobody vouches for
+    with pytest.raises(ArtifactError, match="params.safetensors: not covered"):
         Artifact.open(tmp_path / "a")
 
 

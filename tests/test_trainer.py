@@ -14,7 +14,8 @@ pytest.importorskip("torch", reason="the export extra is not installed (tiny art
 from edge_lbp.cli import main  # noqa: E402
 from edge_lbp.data import batches, open_dataset  # noqa: E402
 from edge_lbp.export.exporter import export_model  # noqa: E402
-from edge_lbp.trainer import Trainer, schedule_lr  # noqa: E402
+from edge_lbp.schedule import schedule_lr  # noqa: E402
+from edge_lbp.trainer import Trainer  # noqa: E402
 from test_data import write_folder  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Softmax, ReLU, Erf and GELU kernels (forward and backward), plus helpers the other math-kernel modules share.
+"""Softmax, ReLU, Erf and GELU kernels (forward and backward).
 
 Row-wise and element-wise work runs in fused Numba kernels, parallel over rows. GELU is the exact erf form that
 ORT's Gelu, BiasGelu, GeluGrad and BiasGeluGrad_dX compute; the bias of the Bias* ops runs along the last axis.
@@ -16,30 +16,12 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from edge_lbp.runtime.kernels.common import MS, NO_BIAS, ONE, ZERO, as_rows
 from edge_lbp.runtime.registry import register
 
-MS = "com.microsoft"
 _SQRT1_2 = np.float32(1 / math.sqrt(2))
 _INV_SQRT_2PI = np.float32(1 / math.sqrt(2 * math.pi))
 _HALF = np.float32(0.5)
-_ONE = np.float32(1)
-_ZERO = np.float32(0)
-_NO_BIAS = np.zeros(0, np.float32)
-
-
-def node_error(node, why: str) -> ValueError:
-    return ValueError(f"{node.op_type} node {node.name!r}: {why}")
-
-
-def wanted(node):
-    """Which outputs the graph reads (an empty name is an omitted optional output)."""
-    return tuple(bool(name) for name in node.output)
-
-
-def as_rows(x):
-    """``x`` as a C-contiguous 2-D array of rows along its last axis (a view when ``x`` is contiguous)."""
-    x = np.ascontiguousarray(x)
-    return x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
 
 
 def along_axis(row_kernel, axis):
@@ -100,7 +82,7 @@ def _exp(x):
     p = p * r + np.float32(4.1665795894e-2)
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
-    return (p * r * r + r + _ONE) * _float_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+    return (p * r * r + r + ONE) * _float_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
 @njit(inline="always", fastmath=True)
@@ -112,10 +94,10 @@ def _erf(x):
     small = a * (np.float32(1.1283791671) + a2 * (np.float32(-0.3761263890) + a2 * (np.float32(0.1128379167)
                  + a2 * (np.float32(-0.0268661706) + a2 * (np.float32(0.0052239776)
                  + a2 * (np.float32(-0.0008548327) + a2 * np.float32(0.0001205533)))))))
-    t = _ONE / (_ONE + np.float32(0.3275911) * a)
+    t = ONE / (ONE + np.float32(0.3275911) * a)
     poly = t * (np.float32(0.254829592) + t * (np.float32(-0.284496736) + t * (np.float32(1.421413741)
                 + t * (np.float32(-1.453152027) + t * np.float32(1.061405429)))))
-    large = _ONE - poly * _exp(-a2)
+    large = ONE - poly * _exp(-a2)
     return math.copysign(small if a < _HALF else large, x)
 
 
@@ -127,12 +109,12 @@ def softmax_rows(x):
         peak = x[r, 0]
         for c in range(1, m):
             peak = _max(peak, x[r, c])
-        total = _ZERO
+        total = ZERO
         for c in range(m):
             e = _exp(x[r, c] - peak)
             y[r, c] = e
             total += e
-        inv = _ONE / total
+        inv = ONE / total
         for c in range(m):
             y[r, c] *= inv
     return y
@@ -143,7 +125,7 @@ def _softmax_grad_rows(dy, y):
     rows, m = y.shape
     dx = np.empty_like(y)
     for r in prange(rows):
-        dot = _ZERO
+        dot = ZERO
         for c in range(m):
             dot += dy[r, c] * y[r, c]
         for c in range(m):
@@ -153,12 +135,12 @@ def _softmax_grad_rows(dy, y):
 
 @njit(inline="always", fastmath=True)
 def _gelu(v):
-    return _HALF * v * (_ONE + _erf(v * _SQRT1_2))
+    return _HALF * v * (ONE + _erf(v * _SQRT1_2))
 
 
 @njit(inline="always", fastmath=True)
 def _gelu_slope(v):
-    return _HALF * (_ONE + _erf(v * _SQRT1_2)) + v * _INV_SQRT_2PI * _exp(-_HALF * v * v)
+    return _HALF * (ONE + _erf(v * _SQRT1_2)) + v * _INV_SQRT_2PI * _exp(-_HALF * v * v)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -217,13 +199,13 @@ def softmax_grad(attrs, node):
 
 @register("Relu")
 def relu(attrs, node):
-    return lambda x: (np.maximum(x, _ZERO),)
+    return lambda x: (np.maximum(x, ZERO),)
 
 
 @register("ReluGrad", MS)
 def relu_grad(attrs, node):
     # The second input is Relu's input or output (the gradient builder passes the output): same sign either way.
-    return lambda dy, x: (np.where(x > _ZERO, dy, _ZERO),)
+    return lambda dy, x: (np.where(x > ZERO, dy, ZERO),)
 
 
 @register("Erf")
@@ -233,7 +215,7 @@ def erf(attrs, node):
 
 @register("Gelu", MS)
 def gelu(attrs, node):
-    return lambda x: (_gelu_rows(as_rows(x), _NO_BIAS, False).reshape(x.shape),)
+    return lambda x: (_gelu_rows(as_rows(x), NO_BIAS, False).reshape(x.shape),)
 
 
 @register("BiasGelu", MS)
@@ -243,7 +225,7 @@ def bias_gelu(attrs, node):
 
 @register("GeluGrad", MS)
 def gelu_grad(attrs, node):
-    return lambda dy, x: (_gelu_grad_rows(as_rows(dy), as_rows(x), _NO_BIAS, False).reshape(x.shape),)
+    return lambda dy, x: (_gelu_grad_rows(as_rows(dy), as_rows(x), NO_BIAS, False).reshape(x.shape),)
 
 
 @register("BiasGeluGrad_dX", MS)

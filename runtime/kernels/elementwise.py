@@ -6,7 +6,8 @@ dtype; the exceptions are handled below. Every output is an ndarray (numpy retur
 import numpy as np
 from onnx import helper
 
-from ..registry import register
+from edge_lbp.runtime.kernels.common import MS
+from edge_lbp.runtime.registry import register
 
 
 def _divide(a, b):
@@ -73,7 +74,7 @@ def cast(attrs, node):
     return lambda x: (np.asarray(x).astype(dtype),)
 
 
-@register("Scale", "com.microsoft")
+@register("Scale", MS)
 def scale(attrs, node):
     scale_down = attrs.get("scale_down", 0)
     if scale_down not in (0, 1):

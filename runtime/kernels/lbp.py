@@ -31,8 +31,7 @@ def wht_project_map(attrs, node):
 
 
 def _wants(node, index):
-    """Whether a graph output of this node is read: the rewrite names unread ones ``.../wht_unused_<i>``."""
-    return "/wht_unused_" not in node.output[index]
+    return ops.is_used(node.output[index])
 
 
 @register(ops.MATMUL_GRAD, ops.DOMAIN)

@@ -5,7 +5,7 @@ classes (the class axis moved last). The tensors are a batch of logits, so plain
 """
 import numpy as np
 
-from edge_lbp.runtime.kernels.activation import MS, node_error
+from edge_lbp.runtime.kernels.common import MS, node_error
 from edge_lbp.runtime.registry import register
 
 REDUCTIONS = ("none", "sum", "mean")

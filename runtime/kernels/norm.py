@@ -9,12 +9,8 @@ float64.
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from edge_lbp.runtime.kernels.activation import MS, node_error
+from edge_lbp.runtime.kernels.common import MS, NO_BIAS, ONE, ZERO, node_error
 from edge_lbp.runtime.registry import register
-
-_ONE = np.float32(1)
-_ZERO = np.float32(0)
-_NO_BIAS = np.zeros(0, np.float32)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -24,15 +20,15 @@ def _layernorm(x, scale, bias, use_bias, eps):
     mean = np.empty(rows, np.float32)
     inv_std = np.empty(rows, np.float32)
     for r in prange(rows):
-        total = _ZERO
+        total = ZERO
         for c in range(m):
             total += x[r, c]
         mu = total / m
-        square = _ZERO
+        square = ZERO
         for c in range(m):
             d = x[r, c] - mu
             square += d * d
-        inv = _ONE / np.sqrt(square / m + eps)
+        inv = ONE / np.sqrt(square / m + eps)
         if use_bias:
             for c in range(m):
                 y[r, c] = (x[r, c] - mu) * inv * scale[c] + bias[c]
@@ -56,8 +52,8 @@ def _layernorm_grad(dy, x, scale, mean, inv_std, threads):
         for r in range(blk * per_block, min(rows, (blk + 1) * per_block)):
             mu = mean[r]
             inv = inv_std[r]
-            sum_b = _ZERO
-            sum_c = _ZERO
+            sum_b = ZERO
+            sum_c = ZERO
             for c in range(m):
                 xhat = (x[r, c] - mu) * inv
                 g = dy[r, c]
@@ -103,7 +99,7 @@ def layer_normalization(attrs, node):
 
     def run(x, scale, bias=None):
         rows, stats_shape = _norm_shape(x, axis)
-        y, mean, inv = _layernorm(rows, scale.reshape(-1), bias.reshape(-1) if use_bias else _NO_BIAS, use_bias,
+        y, mean, inv = _layernorm(rows, scale.reshape(-1), bias.reshape(-1) if use_bias else NO_BIAS, use_bias,
                                   eps)
         return (y.reshape(x.shape), mean.reshape(stats_shape), inv.reshape(stats_shape))[:n_out]
 
@@ -212,10 +208,10 @@ def _batchnorm(attrs, node, training, saved_outputs):
     def train(x, scale, bias, running_mean, running_var):
         x3 = _channels(x)
         mean, var = _channel_stats(x3)
-        inv_std = _ONE / np.sqrt(var + eps)
+        inv_std = ONE / np.sqrt(var + eps)
         mul = scale * inv_std
         y = _channel_affine(x3, mul, bias - mean * mul).reshape(x.shape)
-        stats = [running_mean * momentum + mean * (_ONE - momentum), running_var * momentum + var * (_ONE - momentum)]
+        stats = [running_mean * momentum + mean * (ONE - momentum), running_var * momentum + var * (ONE - momentum)]
         if saved_outputs:
             stats += [mean, inv_std]
         return (y, *stats)[:n_out]

@@ -7,7 +7,8 @@ operation by operation, so results match to rounding.
 """
 import numpy as np
 
-from ..registry import register
+from edge_lbp.runtime.kernels.common import MS
+from edge_lbp.runtime.registry import register
 
 
 def _flag(value):
@@ -30,7 +31,7 @@ def _check_sequences(node, first, *others):
                              f"{[t.shape for t in group]}")
 
 
-@register("InPlaceAccumulatorV2", "com.microsoft")
+@register("InPlaceAccumulatorV2", MS)
 def in_place_accumulator_v2(attrs, node):
     """(buffer, value, overwrite_flag?) -> (updated_flag bool[1], buffer?): buffer += value, or buffer = value when
     the flag is true (the lazy gradient reset of the first step after an optimizer step)."""
@@ -57,7 +58,7 @@ def _update_moments(g, m1, m2, alpha, beta):
     m2 += t
 
 
-@register("AdamWOptimizer", "com.microsoft")
+@register("AdamWOptimizer", MS)
 def adamw_optimizer(attrs, node):
     """(lr float[1], step int64[1], weights, gradients, momentums_1, momentums_2 [sequences], update_signal?) ->
     (updated_flag bool[1], weights?, momentums_1?, momentums_2?).
@@ -116,7 +117,7 @@ def adamw_optimizer(attrs, node):
     return run
 
 
-@register("SGDOptimizerV2", "com.microsoft")
+@register("SGDOptimizerV2", MS)
 def sgd_optimizer_v2(attrs, node):
     """(lr float[1], weights, gradients [sequences], update_signal?) -> (update_completed bool[1], weights?):
     w -= lr * g. No momentum, no weight decay (the op has no attributes)."""

@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-from ..registry import register
+from edge_lbp.runtime.kernels.common import MS
+from edge_lbp.runtime.registry import register
 
 _INT64 = np.int64
 
@@ -112,7 +113,7 @@ def concat(attrs, node):
     return lambda *xs: (np.concatenate(xs, axis=axis),)
 
 
-@register("ConcatTraining", "com.microsoft")
+@register("ConcatTraining", MS)
 def concat_training(attrs, node):
     # Output 1 (optional) is int64 [n_inputs]: each input's length along axis, what SplitTraining splits by.
     axis, n_out = attrs["axis"], len(node.output)
@@ -147,7 +148,7 @@ def split(attrs, node):
     return lambda x, lengths=None: _split(node, x, axis, lengths, count)
 
 
-@register("SplitTraining", "com.microsoft")
+@register("SplitTraining", MS)
 def split_training(attrs, node):
     axis, count = attrs.get("axis", 0), len(node.output)
     return lambda x, lengths: _split(node, x, axis, lengths, count)
@@ -169,7 +170,7 @@ def gather(attrs, node):
     return lambda x, indices: (np.take(x, indices, axis=axis),)
 
 
-@register("GatherGrad", "com.microsoft")
+@register("GatherGrad", MS)
 def gather_grad(attrs, node):
     """Inputs (shape of the Gather input, indices, dY) -> dX: dY scatter-added at the gathered positions."""
     axis = attrs.get("axis", 0)

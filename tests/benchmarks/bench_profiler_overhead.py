@@ -23,7 +23,8 @@ import time
 import warnings
 
 import edge_lbp.runtime as runtime
-from edge_lbp.profiler import Profiler, random_batches
+from edge_lbp.data import random_batches
+from edge_lbp.profiler import Profiler
 
 
 def both_clocks(run, x, y):

@@ -84,7 +84,7 @@ def _energy(sampler, steps: int, samples: int) -> str:
             f"{report.joules / steps:.2f} J per step, {1e3 * report.joules / samples:.1f} mJ per sample")
 
 
-def demo_command(args) -> int:
+def run(args) -> int:
     from edge_lbp.devices import PowerSampler
     from edge_lbp.memory import PeakMemory
     from edge_lbp.trainer import Trainer

@@ -1,15 +1,17 @@
-"""The ``edge-lbp`` command line.
+"""The ``edge-lbp`` command line: the parser here, one module per command (``demo``, ``export``, ``train`` with
+``eval``, ``profile``, ``doctor``), each with a ``run(args)``.
 
-Subcommands import their heavy modules inside their run function, so ``edge-lbp --help`` and the device path
-never import torch or onnxruntime.
+A command's module is imported only when that command runs, so ``edge-lbp --help`` stays fast and the device
+path never imports torch or onnxruntime. Every error reaches the user as one ``edge-lbp: error:`` line.
 """
 import argparse
 import contextlib
-import importlib.util
 import sys
 import warnings
 
+from edge_lbp import defaults
 from edge_lbp._version import __version__
+from edge_lbp.runtime import AUTO, ENGINES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _lazy(module: str, function: str):
-    """A run function that imports its module only when the subcommand runs (keeps --help fast and torch-free)."""
+def _lazy(command: str, function: str = "run"):
+    """A run function that imports the command's module only when the command runs."""
 
     def run(args):
         import importlib
 
-        return getattr(importlib.import_module(module), function)(args)
+        return getattr(importlib.import_module(f"edge_lbp.cli.{command}"), function)(args)
 
     return run
 
@@ -43,7 +45,7 @@ def _add_data_options(cmd, required: bool) -> None:
     cmd.add_argument("--data", required=required, metavar="PATH",
                      help="an image folder (one sub-folder per class) or an .npz file (x_train/y_train, ...)")
     cmd.add_argument("--batch-size", type=int, default=32, metavar="B", help="(default: %(default)s)")
-    cmd.add_argument("--engine", default="auto", choices=("auto", "numba", "ort"),
+    cmd.add_argument("--engine", default=AUTO, choices=(AUTO, *ENGINES),
                      help="auto: numba (the device engine) (default: %(default)s)")
     cmd.add_argument("--threads", type=int, metavar="T", help="Numba + BLAS threads (default: all cores)")
 
@@ -56,12 +58,12 @@ def _add_demo(commands) -> None:
     cmd.add_argument("--data", metavar="PATH", help="adapt to this image folder instead of the generated task")
     cmd.add_argument("--artifact", metavar="DIR", help="adapt this exported artifact (no export extra needed)")
     cmd.add_argument("--epochs", type=int, metavar="E", help="training epochs (default: the demo's own)")
-    cmd.add_argument("--lbp", default="lp-tri:4", metavar="SPEC", help="LBP selection (default: %(default)s)")
-    cmd.add_argument("--block", type=int, default=8, metavar="K",
+    cmd.add_argument("--lbp", default=defaults.SELECTION, metavar="SPEC", help="LBP selection (default: %(default)s)")
+    cmd.add_argument("--block", type=int, default=defaults.BLOCK, metavar="K",
                      help="WHT block side for the bundled backbone's 8x8 token grid (default: %(default)s)")
     cmd.add_argument("--threads", type=int, metavar="T", help="Numba + BLAS threads (default: all cores)")
     cmd.add_argument("--seed", type=int, default=0)
-    cmd.set_defaults(run=_lazy("edge_lbp.demo", "demo_command"))
+    cmd.set_defaults(run=_lazy("demo"))
 
 
 def _add_train(commands) -> None:
@@ -83,7 +85,7 @@ def _add_train(commands) -> None:
                      help="continue from the checkpoint in --checkpoint (its hyper-parameters, data position)")
     cmd.add_argument("--export-onnx", metavar="PATH", help="write the adapted model as an inference ONNX file")
     cmd.add_argument("--seed", type=int, default=0)
-    cmd.set_defaults(run=_lazy("edge_lbp.trainer", "train_command"))
+    cmd.set_defaults(run=_lazy("train", "train"))
 
 
 def _add_eval(commands) -> None:
@@ -94,7 +96,7 @@ def _add_eval(commands) -> None:
     cmd.add_argument("--split", default="val", metavar="NAME",
                      help="folder: PATH/NAME if it exists; .npz: x_NAME/y_NAME, x_test for val, else x/y "
                           "(default: %(default)s)")
-    cmd.set_defaults(run=_lazy("edge_lbp.trainer", "eval_command"))
+    cmd.set_defaults(run=_lazy("train", "evaluate"))
 
 
 def _add_profile(commands) -> None:
@@ -107,13 +109,13 @@ def _add_profile(commands) -> None:
     _add_data_options(cmd, required=False)
     cmd.add_argument("--rate", type=float, default=10.0, metavar="HZ", help="sensor sampling (default: 10 Hz)")
     cmd.add_argument("--out", default="profile", metavar="DIR", help="report folder (default: %(default)s)")
-    cmd.set_defaults(run=_lazy("edge_lbp.profiler", "profile_command"))
+    cmd.set_defaults(run=_lazy("profile"))
 
 
 def _add_doctor(commands) -> None:
     cmd = commands.add_parser("doctor", help="what this machine offers: board, cores, sensors, Numba, engines")
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
-    cmd.set_defaults(run=_lazy("edge_lbp.doctor", "doctor_command"))
+    cmd.set_defaults(run=_lazy("doctor"))
 
 
 def _add_export(commands) -> None:
@@ -124,7 +126,7 @@ def _add_export(commands) -> None:
     cmd.add_argument("model", metavar="MODEL",
                      help="a .onnx file, a built-in preset (e.g. vit-tiny), or package.module:factory")
     cmd.add_argument("-o", "--out", required=True, metavar="DIR", help="artifact folder to write")
-    cmd.add_argument("--lbp", default="lp-tri:4", metavar="SPEC",
+    cmd.add_argument("--lbp", default=defaults.SELECTION, metavar="SPEC",
                      help="none | full | lp-tri:<o>, then optional ',<weight pattern>=<spec>' overrides "
                           "(default: %(default)s)")
     cmd.add_argument("--train", default="all", metavar="SPEC",
@@ -135,29 +137,13 @@ def _add_export(commands) -> None:
     cmd.add_argument("--num-classes", type=int, metavar="N", help="number of classes (presets and factories)")
     cmd.add_argument("--grid", metavar="HxW", help="token grid of the rewritten layers (default: inferred)")
     cmd.add_argument("--extra-tokens", type=int, metavar="E", help="tokens before the grid (CLS, distillation)")
-    cmd.add_argument("--block", type=int, default=8, metavar="K", help="WHT block side (default: %(default)s)")
-    cmd.set_defaults(run=_run_export)
+    cmd.add_argument("--block", type=int, default=defaults.BLOCK, metavar="K",
+                     help="WHT block side (default: %(default)s)")
+    cmd.set_defaults(run=_lazy("export"))
 
 
-def _run_export(args) -> int:
-    missing = [name for name in ("torch", "onnxruntime") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ValueError(f"export needs {' and '.join(missing)}: install the workstation extra "
-                         "(pip install 'edge-lbp[export]')")
-    from edge_lbp.export.exporter import export_model, parse_shape
-
-    # Progress lines only on a terminal: when stderr is captured, an error must be its only line.
-    progress = _stderr_line if sys.stderr.isatty() else None
-    report = export_model(
-        args.model, args.out, lbp=args.lbp, train=args.train, optimizer=args.optimizer, lr=args.lr,
-        input_shape=parse_shape(args.input_shape) if args.input_shape else None,
-        num_classes=args.num_classes, grid=args.grid,
-        extra_tokens=args.extra_tokens, block=args.block, progress=progress)
-    print(report.format())
-    return 0
-
-
-def _stderr_line(text: str) -> None:
+def say(text: str) -> None:
+    """A progress or note line on stderr, prefixed like the error lines."""
     print(f"edge-lbp: {text}", file=sys.stderr, flush=True)
 
 

@@ -105,9 +105,9 @@ def _export(to_fix: List[str]) -> dict:
 
 def full_report() -> dict:
     """The devices report plus Numba, BLAS, OpenMP, engines and the export extra; ``to_fix`` gathers every hint."""
-    from edge_lbp.devices import doctor_report
+    from edge_lbp.devices import device_report
 
-    report = doctor_report()
+    report = device_report()
     to_fix = list(report.pop("hints"))
     report["numba"] = _numba_section(to_fix)
     report["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
@@ -166,7 +166,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def doctor_command(args) -> int:
+def run(args) -> int:
     report = full_report()
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     sys.stdout.flush()

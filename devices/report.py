@@ -1,4 +1,4 @@
-"""What ``edge-lbp doctor`` will print: the board, its resources, which sensors work, and what to fix."""
+"""The board report behind ``edge-lbp doctor``: the board, its resources, which sensors work, and what to fix."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,7 +7,7 @@ from edge_lbp.devices._sysfs import PathLike, ReadText, SensorError
 from edge_lbp.devices.boards import JETSON_NANO, RPI5, BoardProfile, detect_board
 from edge_lbp.devices.cpustate import FREQ_HINT, THERMAL_HINT, CpuStateReader
 from edge_lbp.devices.power import EstimateReader, PowerReader
-from edge_lbp.devices.sensors import Ina3221Hwmon, Ina3221Iio, Pi5Pmic, Rapl, Runner, candidate_readers
+from edge_lbp.devices.sensors import Ina3221Hwmon, Ina3221Iio, Pi5Pmic, Runner, candidate_readers
 
 NO_SENSOR_HINT = (
     "this board has no power sensor: energy is an estimate; for measured energy, "
@@ -46,7 +46,7 @@ def _primary_sensor_hint(board: BoardProfile) -> Optional[str]:
     return None
 
 
-def doctor_report(
+def device_report(
     root: PathLike = "/",
     *,
     read_text: Optional[ReadText] = None,

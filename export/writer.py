@@ -1,34 +1,15 @@
-"""The artifact folder, the unit that travels to the device, and its manifest.
-
-Layout (every path in the manifest is relative to the folder, so the folder moves as a unit)::
-
-    manifest.json          schema below; ``checksums`` covers every other file
-    training_model.onnx    ORT's training graph after the LBP rewrite
-    eval_model.onnx        ORT's eval graph (forward + loss)
-    optimizer_model.onnx   ORT's optimizer graph (AdamWOptimizer or SGDOptimizerV2)
-    params.safetensors     every parameter, trainable and frozen, float32 (readable without ONNX Runtime)
-    ort/checkpoint         ORT's own checkpoint (what the ``ort`` engine loads)
-
-Only the writer lives here: the device-side reader belongs to ``runtime/`` (which cannot import this package's
-workstation dependencies). ``verify_artifact`` needs json and ``edge_lbp.files`` only.
-"""
+"""Writes the artifact folder whose layout and schema ``edge_lbp.runtime.artifact`` defines (the device side owns
+the format; the workstation writes through its names, and checks what it wrote with the same verifier)."""
 
 import json
 import shutil
 import tempfile
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from edge_lbp.files import sha256
-
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-GRAPH_FILES = {"training": "training_model.onnx", "eval": "eval_model.onnx", "optimizer": "optimizer_model.onnx"}
-PARAMS_FILE = "params.safetensors"
-ORT_CHECKPOINT = "ort/checkpoint"
-BATCH = "batch"
-# Images are scaled to this range before (x - mean) / std.
-INPUT_RANGE = [0.0, 1.0]
+from edge_lbp.runtime.artifact import (BATCH, GRAPH_FILES, INPUT_RANGE, MANIFEST, ORT_CHECKPOINT, PARAMS_FILE,
+                                       SCHEMA_VERSION, verify_artifact)
 
 
 def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, labels, lr, lbp, model,
@@ -79,6 +60,7 @@ def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, la
             "checksums": {_relative(p, stage): sha256(p) for p in _files(stage)},
         }
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        verify_artifact(stage)  # the device's own check, before anything existing is replaced
         if out.exists():
             shutil.rmtree(out)
         stage.rename(out)
@@ -160,42 +142,3 @@ def _relative(path, folder):
 def artifact_size(folder):
     """Bytes of every file in the folder, manifest included."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def verify_artifact(folder):
-    """Check an artifact folder against its manifest and return the manifest; raises a one-line ValueError.
-
-    Checks the schema version, that every path is relative and inside the folder, that the graphs, checkpoint and
-    parameters are covered by the checksums, that every file is listed and every checksum matches.
-    """
-    folder = Path(folder)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{folder}: no {MANIFEST}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{folder / MANIFEST}: not valid JSON ({exc})") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{folder / MANIFEST}: schema_version {manifest.get('schema_version')!r}, "
-                         f"this reader knows {SCHEMA_VERSION}")
-    checksums = manifest.get("checksums", {})
-    referenced = [*manifest["graphs"].values(), manifest["ort_checkpoint"], manifest["params"]]
-    for rel in [*referenced, *checksums]:
-        _check_relative(rel, folder)
-    unlisted = [r for r in referenced if r not in checksums]
-    unlisted += [r for r in (_relative(p, folder) for p in _files(folder)) if r not in checksums]
-    if unlisted:
-        raise ValueError(f"{folder / unlisted[0]}: not covered by the manifest's checksums")
-    for rel, expected in checksums.items():
-        path = folder / rel
-        if not path.is_file():
-            raise ValueError(f"{path}: listed in the manifest but missing")
-        if (actual := sha256(path)) != expected:
-            raise ValueError(f"{path}: checksum mismatch (sha256 {actual}, manifest says {expected})")
-    return manifest
-
-
-def _check_relative(rel, folder):
-    parts = PurePosixPath(rel).parts
-    if PurePosixPath(rel).is_absolute() or ".." in parts or not parts:
-        raise ValueError(f"{folder / MANIFEST}: path {rel!r} is not inside the artifact folder")

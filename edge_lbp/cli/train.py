@@ -1,0 +1,54 @@
+"""``edge-lbp train`` and ``edge-lbp eval``: the Trainer on an image folder or ``.npz``, from the command line."""
+import sys
+
+from edge_lbp.checkpoint import has_checkpoint
+from edge_lbp.data import open_dataset
+from edge_lbp.runtime.inference import export_inference
+from edge_lbp.trainer import Trainer
+
+
+def train(args) -> int:
+    if args.resume:
+        if not args.checkpoint:
+            raise ValueError("--resume needs --checkpoint DIR (the folder to continue from)")
+        trainer = Trainer.resume(args.checkpoint, args.artifact, engine=args.engine, threads=args.threads)
+        print(f"resuming {args.checkpoint}: epoch {trainer.epoch + 1}, batch {trainer.batch}, "
+              f"update {trainer.updates} (hyper-parameters from the checkpoint)")
+    else:
+        if args.checkpoint and has_checkpoint(args.checkpoint):
+            raise ValueError(f"{args.checkpoint}: holds a checkpoint; pass --resume to continue it, or choose "
+                             "another folder")
+        trainer = Trainer(args.artifact, engine=args.engine, threads=args.threads, lr=args.lr,
+                          schedule=args.schedule, warmup_steps=args.warmup_steps, accumulate=args.accumulate,
+                          clip_norm=args.clip_norm, seed=args.seed)
+    train = open_dataset(args.data, trainer.manifest, split="train", classes=trainer.classes)
+    val = open_dataset(args.val, trainer.manifest, split="val", classes=train.classes) if args.val else None
+    print(f"train: {len(train)} images, {len(train.classes)} classes ({train.source})"
+          + (f"; val: {len(val)} images ({val.source})" if val is not None else ""))
+
+    def report(_, record):
+        val_part = (f"  val_loss {record['val_loss']:.4f}  val_accuracy {record['val_accuracy']:.4f}"
+                    if record["val_loss"] is not None else "")
+        print(f"epoch {record['epoch']}/{args.epochs}  train_loss {record['train_loss']:.4f}{val_part}"
+              f"  lr {record['lr']:.3g}  {record['seconds']:.1f} s", flush=True)
+
+    try:
+        trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size, augment=not args.no_augment,
+                    callbacks=[report], checkpoint=args.checkpoint)
+    except KeyboardInterrupt:
+        saved = f"; saved to {args.checkpoint}, continue with --resume" if args.checkpoint else ""
+        print(f"edge-lbp: interrupted in epoch {trainer.epoch + 1} after batch {trainer.batch}{saved}",
+              file=sys.stderr)
+        return 130
+    if args.export_onnx:
+        print(f"inference model: {export_inference(trainer.session, args.export_onnx)}")
+    return 0
+
+
+def evaluate(args) -> int:
+    trainer = Trainer(args.artifact, engine=args.engine, threads=args.threads)
+    classes = trainer.load_parameters(args.checkpoint)["classes"] if args.checkpoint else None
+    data = open_dataset(args.data, trainer.manifest, split=args.split, classes=classes)
+    metrics = trainer.evaluate(data, batch_size=args.batch_size)
+    print(f"loss {metrics['loss']:.4f}  accuracy {metrics['accuracy']:.4f}  samples {metrics['samples']}")
+    return 0

@@ -1,0 +1,5 @@
+"""The LBP settings an export uses when the user names none: one place for the CLI, ``export_model``, the demo
+and the core's own defaults (importable without numpy, so the CLI's parser can show them)."""
+
+SELECTION = "lp-tri:4"  # the paper's default: bases (u, v) with u + v < 4, r = 10
+BLOCK = 8  # WHT block side in tokens (the paper's 8x8; a grid smaller than the block gets the smallest covering one)

@@ -1,0 +1,100 @@
+"""The ``numba`` engine: the artifact's graphs run node by node with numpy and Numba alone (the device engine)."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+
+from edge_lbp import ops
+from edge_lbp.runtime.artifact import Artifact
+from edge_lbp.runtime.graph import Graph
+from edge_lbp.runtime.passes import fold_transpose_into_gemm
+from edge_lbp.runtime.session import Capabilities, Inputs, Session
+
+# Ops ORT's gradient builder adds outside the ``<node>_Grad/`` names: loss gradient and gradient accumulation.
+_BACKWARD_OPS = ("SoftmaxCrossEntropyLossGrad", "InPlaceAccumulatorV2", *ops.GRAD_OPS)
+
+
+def backward_phase(node_name: str, op_type: str) -> str:
+    """``forward`` or ``backward`` for a node of a training graph (ORT names gradient nodes ``<node>_Grad/...``)."""
+    backward = "_Grad/" in node_name or op_type in _BACKWARD_OPS or node_name.startswith("AccumulateGrad")
+    return "backward" if backward else "forward"
+
+
+def _backward_start(phases) -> Optional[int]:
+    """Index of the first step after which no forward step follows (None when there is no such split)."""
+    if "forward" not in phases or phases[-1] == "forward":
+        return None
+    return len(phases) - phases[::-1].index("forward")
+
+
+class NumbaSession(Session):
+    """Parameters, gradients and optimizer moments live in arrays allocated once and updated in place."""
+
+    engine = "numba"
+    capabilities = Capabilities(gradients=True, optimizer_state=True, forward_end_hook=True, node_trace=True)
+
+    def __init__(self, artifact: Artifact):
+        super().__init__(artifact)
+        self.params = artifact.parameters()
+        self.trainable = artifact.trainable
+        self.grads = {p: np.zeros_like(self.params[p]) for p in self.trainable}
+        self.training = Graph(fold_transpose_into_gemm(artifact.graph("training")), name="training graph")
+        self.eval = Graph(artifact.inference_graph(), name="eval graph")
+        self.optimizer = Graph(artifact.graph("optimizer"), name="optimizer graph")
+        moments = [f for f in self.optimizer.feeds if f.endswith("_order_moments")]
+        self.moments = {m: [np.zeros_like(self.params[p]) for p in self.trainable] for m in moments}
+        self.step = 0
+        phases = [backward_phase(step.name, step.op_type) for step in self.training.steps]
+        self._phases = dict(zip((step.name for step in self.training.steps), phases))
+        self._backward_start = _backward_start(phases)
+
+    def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace=None,
+                         on_forward_end=None) -> float:
+        feeds = {**self._feeds(inputs), self.artifact.labels: self._labels(labels), **self.params,
+                 "lazy_reset_grad": np.array([not accumulate])}
+        feeds.update((f"{p}_grad.accumulation.buffer", g) for p, g in self.grads.items())
+        spans = [] if trace is not None else None
+        hooks = ({self._backward_start: on_forward_end}
+                 if on_forward_end is not None and self._backward_start is not None else None)
+        loss = self.training.run(feeds, trace=spans, hooks=hooks)[0]
+        if trace is not None:
+            trace.extend((self._phases[name], op, name, t0, t1) for op, name, t0, t1 in spans)
+        return float(loss)
+
+    def optimizer_step(self, trace=None) -> None:
+        spans = [] if trace is not None else None
+        self.optimizer.run({
+            "learning_rate": np.array(self.lr, np.float32),
+            "step": np.array([self.step + 1], np.int64),  # ORT passes the 1-based step (bias correction)
+            "params": [self.params[p] for p in self.trainable],
+            "gradients": [self.grads[p] for p in self.trainable],
+            **self.moments,
+        }, trace=spans)
+        self.step += 1
+        if trace is not None:
+            trace.extend(("optimizer", op, name, t0, t1) for op, name, t0, t1 in spans)
+
+    def eval_step(self, inputs: Inputs) -> np.ndarray:
+        return self.eval.run({**self._feeds(inputs), **self.params})[0]
+
+    def parameters(self) -> Dict[str, np.ndarray]:
+        return {n: v.copy() for n, v in self.params.items()}
+
+    def set_parameters(self, mapping: Mapping[str, np.ndarray]) -> None:
+        self._check_parameters(mapping, self.params)
+        for name, value in mapping.items():
+            self.params[name][...] = value  # in place: the buffers stay where the graphs expect them
+
+    def gradients(self) -> Dict[str, np.ndarray]:
+        return self.grads
+
+    def optimizer_state(self) -> dict:
+        return {"step": self.step, **{m: {p: a.copy() for p, a in zip(self.trainable, arrays)}
+                                      for m, arrays in self.moments.items()}}
+
+    def set_optimizer_state(self, state: Mapping) -> None:
+        self.step = int(state["step"])
+        for moment, arrays in self.moments.items():
+            for p, array in zip(self.trainable, arrays):
+                array[...] = state[moment][p]
