@@ -7,10 +7,16 @@ Layout::
 
 Saving is atomic at every instant: the new tensor file is written under a fresh name, then ``checkpoint.json``
 is replaced in one ``os.replace`` (the commit point), then the previous tensor file is removed. A crash leaves
-either the old checkpoint or the new one, never a mix; a damaged file is reported in one line on loading.
+either the old checkpoint or the new one, never a mix; a damaged file is reported in one line on loading. A
+tensor holding NaN or infinity is never saved (the last good checkpoint stays) and is refused on loading.
+
+One writer at a time: :func:`locked` holds an exclusive ``flock`` on ``<folder>/.lock`` (the kernel releases it
+when the holding process dies, so a dead run's lock is taken over without a word), and every save takes it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -20,11 +26,13 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from edge_lbp.files import sha256
+from edge_lbp.files import sha256, umask
 
 FORMAT = "edge_lbp.checkpoint"
 VERSION = 1
 METADATA = "checkpoint.json"
+LOCK = ".lock"
+_HELD: Dict[Path, int] = {}  # folder -> descriptor of each lock this process holds (locked() is re-entrant)
 
 
 class CheckpointError(ValueError):
@@ -33,14 +41,23 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(folder, tensors: Dict[str, np.ndarray], metadata: dict) -> Path:
     """Write ``tensors`` and the JSON-serialisable ``metadata`` to ``folder`` (created if needed)."""
+    folder = Path(folder)
+    bad = next((k for k, v in tensors.items() if not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{folder}: not saved: {bad} holds NaN or infinite values (the last good checkpoint "
+                              "there is kept)")
+    with locked(folder):
+        return _save(folder, tensors, metadata)
+
+
+def _save(folder: Path, tensors, metadata) -> Path:
     from safetensors.numpy import save_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     name = f"tensors-{secrets.token_hex(4)}.safetensors"
     staging = folder / f".{name}.tmp"
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(staging))
+        os.chmod(staging, 0o666 & ~umask())  # safetensors writes 0600
         _fsync(staging)
     except BaseException:
         staging.unlink(missing_ok=True)
@@ -81,6 +98,9 @@ def load_checkpoint(folder) -> Tuple[Dict[str, np.ndarray], dict]:
         tensors = load_file(str(tensor_path))
     except Exception as err:  # safetensors raises its own error types for malformed headers
         raise CheckpointError(f"{tensor_path}: not a readable safetensors file ({err})") from None
+    bad = next((k for k, v in tensors.items() if not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{tensor_path}: {bad} holds NaN or infinite values; this checkpoint cannot be used")
     return tensors, record["metadata"]
 
 
@@ -88,8 +108,37 @@ def has_checkpoint(folder) -> bool:
     return (Path(folder) / METADATA).is_file()
 
 
+@contextlib.contextmanager
+def locked(folder):
+    """Hold ``folder``'s exclusive writer lock (created with the folder if needed) for the ``with`` block; another
+    process holding it makes this raise one line naming that process."""
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _HELD:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise CheckpointError(f"{folder}: in use by another training run (process {holder}); wait for it to end "
+                              "or choose another folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        os.close(fd)  # releases the lock; the file stays (removing it would race with the next writer's open)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(staging, 0o666 & ~umask())  # mkstemp makes it 0600; a checkpoint is as readable as any file
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -36,7 +36,7 @@ def set_threads(threads=None) -> int:
     import numba
     from threadpoolctl import threadpool_limits
 
-    count = int(threads or numba.config.NUMBA_NUM_THREADS)
+    count = int(numba.config.NUMBA_NUM_THREADS if threads is None else threads)
     if not 1 <= count <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"threads={threads}: this machine allows 1 to {numba.config.NUMBA_NUM_THREADS}")
     numba.set_num_threads(count)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -197,16 +198,25 @@ def _read_npz(path: Path, split: str, size):
             if found is not None:
                 images, labels = arrays[found[0]], arrays[found[1]]
                 names = arrays["label_names"] if "label_names" in files else None
-    except (OSError, EOFError, ValueError) as err:  # truncated, not a zip, or pickled objects
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # truncated, not a zip, pickled objects
+        raise ValueError(f"{path}: not a readable .npz file ({_npz_problem(path, err)})") from None
     if found is None:
+        if not files:
+            raise ValueError(f"{path}: an empty .npz file (no arrays)")
         raise ValueError(f"{path}: no arrays {' or '.join('/'.join(k) for k in keys)} (it has {', '.join(files)})")
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
         raise ValueError(f"{path}: {found[0]} must be uint8 (N, H, W) or (N, H, W, C) with one label per image; "
                          f"got {images.dtype} {images.shape} and {len(labels)} labels")
+    if labels.ndim != 1:
+        raise ValueError(f"{path}: {found[1]} has shape {labels.shape}; expected one class index per image"
+                         + (" (one-hot rows? store their argmax)" if labels.ndim == 2 else ""))
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: {found[1]} is {labels.dtype}; labels must be integer class indices")
     labels = labels.astype(np.int64)
-    if labels.min() < 0:
+    if len(labels) and labels.min() < 0:
         raise ValueError(f"{path}: negative labels in {found[1]}")
+    if names is not None and len(labels) and len(names) <= labels.max():
+        raise ValueError(f"{path}: label_names has {len(names)} names but {found[1]} goes up to {labels.max()}")
     channels, height, width = size
     if images.ndim == 3:
         images = images[..., None]
@@ -221,6 +231,13 @@ def _read_npz(path: Path, split: str, size):
         images = np.stack([_fit(Image.fromarray(im[..., 0] if gray else im), size) for im in images])
     names = [str(n) for n in names] if names is not None else [str(i) for i in range(int(labels.max()) + 1)]
     return np.ascontiguousarray(images), labels, names, 0
+
+
+def _npz_problem(path: Path, err: Exception) -> str:
+    # numpy reads anything that is not a zip as a single pickled array and then says "contains pickled data".
+    if not zipfile.is_zipfile(path):
+        return "not a zip archive: an .npz is written by numpy.savez"
+    return str(err)
 
 
 def random_batches(manifest: dict, batch: int):

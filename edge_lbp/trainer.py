@@ -12,14 +12,25 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import psutil
 from tqdm import tqdm
 
-from edge_lbp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from edge_lbp.checkpoint import CheckpointError, load_checkpoint, locked, save_checkpoint
 from edge_lbp.data import Dataset, batches, num_batches
+from edge_lbp.runtime.session import NonFiniteStep
 from edge_lbp.schedule import SCHEDULES, schedule_lr
+
+
+class DivergenceWarning(UserWarning):
+    """A training step was rejected because its loss or gradients were not finite."""
+
+
+class DivergenceError(RuntimeError):
+    """Too many steps in a row were rejected: the run stops, with the parameters of the last good update."""
 
 
 class Trainer:
@@ -31,18 +42,22 @@ class Trainer:
     linear warm-up updates; ``total_steps``: the cosine's length (default: what ``fit`` will run);
     ``accumulate``: micro-batches per update, the update using their mean gradient; ``clip_norm``: scale the
     (mean) gradient down to this global L2 norm when above it (numba engine); ``seed``: data order and
-    augmentation in ``fit``.
+    augmentation in ``fit``; ``max_rejected``: a step whose loss or gradients are not finite is rejected before
+    the optimizer runs (a :class:`DivergenceWarning`), and after this many in a row the run stops with a
+    :class:`DivergenceError`.
     """
 
     def __init__(self, artifact_dir, *, engine: str = "auto", threads=None, lr=None, schedule: str = "constant",
-                 warmup_steps: int = 0, accumulate: int = 1, clip_norm=None, seed: int = 0, total_steps=None):
+                 warmup_steps: int = 0, accumulate: int = 1, clip_norm=None, seed: int = 0, total_steps=None,
+                 max_rejected: int = 10):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if int(accumulate) < 1 or int(warmup_steps) < 0 or int(seed) < 0:
-            raise ValueError(f"accumulate >= 1, warmup_steps >= 0, seed >= 0 needed; got {accumulate}, "
-                             f"{warmup_steps}, {seed}")
-        if (lr is not None and not lr > 0) or (clip_norm is not None and not clip_norm > 0):
-            raise ValueError(f"lr and clip_norm must be positive; got {lr}, {clip_norm}")
+        if int(accumulate) < 1 or int(warmup_steps) < 0 or int(seed) < 0 or int(max_rejected) < 1:
+            raise ValueError(f"accumulate >= 1, warmup_steps >= 0, seed >= 0, max_rejected >= 1 needed; got "
+                             f"{accumulate}, {warmup_steps}, {seed}, {max_rejected}")
+        for name, value in (("lr", lr), ("clip_norm", clip_norm)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number; got {value}")
         import edge_lbp.runtime as runtime
 
         self.session = runtime.load(artifact_dir, engine, threads=threads)
@@ -53,6 +68,9 @@ class Trainer:
         self.peak_lr = float(lr) if lr is not None else self.session.lr
         self.schedule, self.warmup_steps, self.total_steps = schedule, int(warmup_steps), total_steps
         self.accumulate, self.clip_norm, self.seed = int(accumulate), clip_norm, int(seed)
+        self.max_rejected = int(max_rejected)
+        self.rejected = 0  # steps rejected for a non-finite loss or gradient, in this process
+        self._in_a_row = 0
         self.updates = 0  # optimizer updates done: the schedule's position
         self.epoch = 0  # the epoch in progress (0-based)
         self.batch = 0  # batches of that epoch already trained on
@@ -84,13 +102,33 @@ class Trainer:
         ``accumulate``-th call (the calls in between only add up gradients)."""
         started = time.perf_counter()
         loss = self.session.forward_backward(x, y, accumulate=self._micro > 0)
-        self._micro += 1
-        if self._micro == self.accumulate:
-            self._update()
+        try:
+            self.session.check_finite(loss, gradients=False)  # gradients: once per update, in _update
+            self._micro += 1
+            if self._micro == self.accumulate:
+                self._update()
+        except NonFiniteStep as err:
+            self._reject(err)
+        else:
+            self._in_a_row = 0
         self.step_times.append(time.perf_counter() - started)
         return loss
 
+    def _reject(self, err: NonFiniteStep) -> None:
+        # The gradient buffers hold the non-finite sum: the accumulation in progress is dropped, and the next
+        # step overwrites them. The parameters and moments are untouched (the optimizer never ran).
+        self._micro = 0
+        self.rejected += 1
+        self._in_a_row += 1
+        where = f"epoch {self.epoch + 1}, batch {self.batch + 1}"
+        if self._in_a_row >= self.max_rejected:
+            raise DivergenceError(f"{self._in_a_row} steps in a row rejected, last in {where} ({err}): stopping "
+                                  "with the parameters of the last good update; lower the learning rate or check "
+                                  "the data")
+        warnings.warn(f"{where}: {err} ({self._in_a_row} in a row, {self.rejected} in all)", DivergenceWarning)
+
     def _update(self) -> None:
+        self.session.check_finite()  # raises before anything is scaled or updated
         scale = 1.0 / self._micro  # the engines sum micro-batch gradients; the update uses their mean
         lr = self.lr
         if not self.session.capabilities.gradients:
@@ -143,10 +181,15 @@ class Trainer:
         at the next update boundary on Ctrl-C, after which ``fit`` raises ``KeyboardInterrupt`` (a second Ctrl-C
         stops at once). ``progress``: a bar on stderr when it is a terminal; ``"always"`` forces it.
         """
+        if int(epochs) < 1 or int(batch_size) < 1:
+            raise ValueError(f"epochs and batch_size must be at least 1; got {epochs}, {batch_size}")
         if checkpoint is not None:
             self._check_checkpointable()
         self._stop = False  # a Ctrl-C that came after the last step of an earlier fit is not for this one
         if isinstance(train, Dataset):
+            if len(set(train.labels.tolist())) < 2:
+                warnings.warn(f"{train.source}: every training sample has the same label: the model learns to "
+                              "answer that class")
             if self.classes is not None and list(train.classes) != self.classes:
                 raise ValueError(f"{train.source}: classes {train.classes[:5]}... differ from the trainer's "
                                  f"{self.classes[:5]}... (open the data with classes=trainer.classes)")
@@ -158,7 +201,10 @@ class Trainer:
             if per_epoch is None:
                 raise ValueError("the cosine schedule needs total_steps when the data has no length")
             self._fit_total = epochs * math.ceil(per_epoch / self.accumulate)
-        with self._deferred_interrupt():
+        self._check_memory(min(batch_size, len(train)) if isinstance(train, Dataset) else batch_size)
+        # One writer per checkpoint folder for the whole run; taking the lock also proves the folder writable
+        # before the first step rather than after the first epoch.
+        with self._deferred_interrupt(), (locked(checkpoint) if checkpoint is not None else contextlib.nullcontext()):
             while self.epoch < epochs:
                 self._train_epoch(train, batch_size, augment, per_epoch, f"epoch {self.epoch + 1}/{epochs}",
                                   progress)
@@ -168,11 +214,31 @@ class Trainer:
                         self.save(checkpoint)
                     raise KeyboardInterrupt(f"stopped in epoch {self.epoch + 1} after batch {self.batch}")
                 record = self._end_epoch(val, batch_size)
-                if checkpoint is not None:
+                if checkpoint is not None and self._in_a_row:
+                    # Parameters right after a rejected step are suspect: keep the last checkpoint instead.
+                    warnings.warn(f"{checkpoint}: not saved after epoch {record['epoch']}, whose last step was "
+                                  "rejected; the previous checkpoint stays", DivergenceWarning)
+                elif checkpoint is not None:
                     self.save(checkpoint)
                 for callback in callbacks:
                     callback(self, record)
         return self.history
+
+    def _check_memory(self, batch_size: int) -> None:
+        """Refuse a batch whose step cannot fit in the memory available now, before it fails (or swaps) halfway
+        through an epoch. 10 % stays free for what the estimate leaves out (BLAS buffers, the allocator)."""
+        if not self.session.capabilities.memory_estimate or self._micro:
+            return
+        budget = 0.9 * psutil.virtual_memory().available
+        needed = self.session.step_bytes(batch_size)
+        if needed > budget:
+            one = self.session.step_bytes(1)
+            per_sample = max(1, (needed - one) // max(1, batch_size - 1))
+            largest = int((budget - (one - per_sample)) // per_sample)
+            raise MemoryError(f"a training step at batch {batch_size} needs about {needed / 2**20:.0f} MiB beyond "
+                              f"the model, and {budget / 2**20:.0f} MiB are free: "
+                              + (f"the largest batch that fits is about {largest}" if largest >= 1
+                                 else "not even batch 1 fits"))
 
     def _train_epoch(self, train, batch_size, augment, per_epoch, label, progress) -> None:
         if isinstance(train, Dataset):
@@ -190,16 +256,20 @@ class Trainer:
             for x, y in data:
                 loss = self.step(x, y)
                 self.batch += 1
-                running["loss_sum"] += loss
-                running["batches"] += 1
-                bar.set_postfix(loss=f"{running['loss_sum'] / running['batches']:.4g}", lr=f"{self._last_lr():.3g}",
-                                refresh=False)
+                if math.isfinite(loss):  # a rejected step's loss is not part of the epoch's mean
+                    running["loss_sum"] += loss
+                    running["batches"] += 1
+                bar.set_postfix(loss=f"{running['loss_sum'] / max(1, running['batches']):.4g}",
+                                lr=f"{self._last_lr():.3g}", refresh=False)
                 bar.update(1)
                 if self._stop and self._micro == 0:  # a checkpoint holds no half-accumulated gradients
                     break
             else:
                 if self._micro:  # the epoch's last, incomplete accumulation still counts
-                    self._update()
+                    try:
+                        self._update()
+                    except NonFiniteStep as err:
+                        self._reject(err)
         finally:
             bar.close()
             running["seconds"] = time.perf_counter() - started
@@ -257,9 +327,10 @@ class Trainer:
                 tensors.update((f"{moment}/{n}", a) for n, a in arrays.items())
         metadata = {
             "artifact": self.artifact_dir,
+            "artifact_fingerprint": self.session.artifact.fingerprint,
             "config": {"lr": self.peak_lr, "schedule": self.schedule, "warmup_steps": self.warmup_steps,
                        "total_steps": self.total_steps, "accumulate": self.accumulate, "clip_norm": self.clip_norm,
-                       "seed": self.seed},
+                       "seed": self.seed, "max_rejected": self.max_rejected},
             "position": {"updates": self.updates, "optimizer_step": state["step"], "epoch": self.epoch,
                          "batch": self.batch, "running": self._running},
             "classes": self.classes,
@@ -273,10 +344,11 @@ class Trainer:
         schedule position, data position and history. ``artifact_dir``: default, the one recorded at saving."""
         tensors, meta = load_checkpoint(checkpoint_dir)
         try:
+            position = _check_position(meta["position"], checkpoint_dir)
             trainer = cls(artifact_dir or meta["artifact"], engine=engine, threads=threads, **meta["config"])
             trainer._check_checkpointable()
+            trainer._check_same_artifact(checkpoint_dir, meta, tensors)
             trainer._load_parameters(checkpoint_dir, tensors)
-            position = meta["position"]
             moments = [m for m in trainer.session.optimizer_state() if m != "step"]
             trainer.session.set_optimizer_state({"step": position["optimizer_step"], **{
                 m: {n: tensors[f"{m}/{n}"] for n in trainer.session.artifact.trainable} for m in moments}})
@@ -286,6 +358,19 @@ class Trainer:
         except (KeyError, TypeError) as err:
             raise CheckpointError(f"{checkpoint_dir}: incomplete checkpoint (no {err})") from None
         return trainer
+
+    def _check_same_artifact(self, checkpoint_dir, meta, tensors) -> None:
+        """A checkpoint resumes only the artifact it was saved from: another trainable set would drop (or
+        invent) trained tensors, another graph would continue a different model."""
+        saved = sorted(k[len("param/"):] for k in tensors if k.startswith("param/"))
+        if saved != sorted(self.session.artifact.trainable):
+            raise CheckpointError(f"{checkpoint_dir}: saved with {len(saved)} trainable tensors, {self.artifact_dir} "
+                                  f"trains {len(self.session.artifact.trainable)} (another --train set?); resume "
+                                  "with the artifact it was saved from")
+        recorded = meta.get("artifact_fingerprint")
+        if recorded is not None and recorded != self.session.artifact.fingerprint:
+            raise CheckpointError(f"{checkpoint_dir}: saved from another artifact than {self.artifact_dir} (its "
+                                  "files differ); resume with the artifact it was saved from")
 
     def load_parameters(self, checkpoint_dir) -> dict:
         """Only the checkpoint's parameters, e.g. to evaluate it (any engine); returns its metadata."""
@@ -300,6 +385,14 @@ class Trainer:
             raise CheckpointError(f"{checkpoint_dir}: no values for parameters {missing[:3]} of "
                                   f"{self.artifact_dir} (saved from another artifact?)")
         self.session.set_parameters({n: tensors[f"param/{n}"] for n in names})
+
+
+def _check_position(position, checkpoint_dir) -> dict:
+    for key in ("updates", "optimizer_step", "epoch", "batch"):
+        value = position[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CheckpointError(f"{checkpoint_dir}: position {key} is {value!r}, not a count")
+    return position
 
 
 def _fresh_epoch() -> dict:

@@ -38,7 +38,8 @@ class LbpConfig:
     grad_padding: str = "reflect"
 
     @classmethod
-    def parse(cls, lbp: str = defaults.SELECTION, *, grid=None, extra_tokens=None, block=defaults.BLOCK) -> "LbpConfig":
+    def parse(cls, lbp: str = defaults.SELECTION, *, grid=None, extra_tokens=None,
+              block=defaults.BLOCK) -> "LbpConfig":
         """``"lp-tri:4"`` or ``"lp-tri:4,blocks.0.*=none"``: a default, then ``pattern=spec`` overrides."""
         default, *rest = [part.strip() for part in lbp.split(",")]
         overrides = []
@@ -225,6 +226,10 @@ def plan_layers(layers, shapes, image_hw, config: LbpConfig):
                        rows=projector.rows, flop_ratio=projector.rows / g.tokens)
         rows.append(row)
         projectors.append(projector)
+    unmatched = [p for p, _ in config.overrides if not any(fnmatch.fnmatchcase(l.weight, p) for l in layers)]
+    if unmatched:  # a mistyped pattern would otherwise leave every layer at the default without a word
+        names = ", ".join(l.weight for l in layers[:3]) + (", ..." if len(layers) > 3 else "")
+        raise ValueError(f"--lbp override pattern {unmatched[0]!r} matches no trainable linear layer ({names})")
     if config.grid is not None and not any(r["grid"] == list(config.grid) for r in rows):
         counts = sorted({shapes[l.activation][1] for l in layers if len(shapes[l.activation]) == 3})
         raise ValueError(f"--grid {config.grid[0]}x{config.grid[1]} --extra-tokens {config.extra_tokens} fits no "

@@ -2,12 +2,13 @@
 the format; the workstation writes through its names, and checks what it wrote with the same verifier)."""
 
 import json
+import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_lbp.files import sha256
+from edge_lbp.files import sha256, umask
 from edge_lbp.runtime.artifact import (BATCH, GRAPH_FILES, INPUT_RANGE, MANIFEST, ORT_CHECKPOINT, PARAMS_FILE,
                                        SCHEMA_VERSION, verify_artifact)
 
@@ -30,6 +31,7 @@ def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, la
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(stage, 0o777 & ~umask())  # mkdtemp makes it 0700: the artifact must be readable as any folder is
     try:
         onnx.save(training, stage / GRAPH_FILES["training"])
         for key in ("eval", "optimizer"):
@@ -60,6 +62,8 @@ def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, la
             "checksums": {_relative(p, stage): sha256(p) for p in _files(stage)},
         }
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        for path in stage.rglob("*"):  # safetensors and ORT write 0600: the artifact is as readable as any folder
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
         verify_artifact(stage)  # the device's own check, before anything existing is replaced
         if out.exists():
             shutil.rmtree(out)

@@ -140,6 +140,14 @@ class Artifact:
         return {n: np.array(tensors[n], dtype=np.float32, order="C", copy=True) for n in names}
 
     @property
+    def fingerprint(self) -> str:
+        """SHA-256 over the manifest's file checksums: what a checkpoint binds to (the folder may move)."""
+        import hashlib
+
+        listed = json.dumps(sorted(self.manifest["checksums"].items())).encode()
+        return hashlib.sha256(listed).hexdigest()
+
+    @property
     def input_name(self) -> str:
         return model_input(self.manifest)["name"]
 

@@ -43,6 +43,25 @@ def _elem_type(value_info: onnx.ValueInfoProto) -> Optional[int]:
     return None
 
 
+def _dims(value_info: onnx.ValueInfoProto) -> Optional[tuple]:
+    t = value_info.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim)
+
+
+def mismatched_shapes(graph: "Graph", values: Mapping[str, np.ndarray]) -> List[str]:
+    """The values whose shapes disagree with what ``graph`` declares for the input of that name."""
+    problems = []
+    for name, value in values.items():
+        dims = graph.feed_shapes.get(name)
+        if dims is not None and (len(dims) != value.ndim
+                                 or any(d is not None and d != n for d, n in zip(dims, value.shape))):
+            shown = tuple("?" if d is None else d for d in dims)
+            problems.append(f"{name} has shape {tuple(value.shape)}, the {graph.name} takes {shown}")
+    return problems
+
+
 def _check_types(graph: onnx.GraphProto) -> List[str]:
     problems = []
     for kind, items in (("input", graph.input), ("output", graph.output)):
@@ -56,6 +75,26 @@ def _check_types(graph: onnx.GraphProto) -> List[str]:
     return problems
 
 
+class LiveBytes:
+    """Peak bytes held at once by a run's intermediates: arrays a kernel allocated (not views, which share their
+    base's memory, nor feeds and constants, which the caller owns)."""
+
+    def __init__(self):
+        self.live = self.peak = 0
+        self._held: Dict[int, int] = {}
+
+    def count(self, step: Step, values, feeds, constants) -> None:
+        for slot in step.outputs:
+            value = values[slot] if slot >= 0 else None
+            if (isinstance(value, np.ndarray) and not isinstance(value.base, np.ndarray) and slot not in self._held
+                    and not any(value is v for v in (*feeds.values(), *constants.values()))):
+                self._held[slot] = value.nbytes
+                self.live += value.nbytes
+        self.peak = max(self.peak, self.live)
+        for slot in step.release:
+            self.live -= self._held.pop(slot, 0)
+
+
 class Graph:
     """A loaded graph. ``feeds`` names the inputs a caller must give; ``constants`` holds the initializers."""
 
@@ -66,6 +105,8 @@ class Graph:
         self.name = name
         self.constants: Dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.feeds = [vi.name for vi in graph.input if vi.name not in self.constants]
+        # Declared input shapes (None for a symbolic dimension), to check what a caller binds before a step runs.
+        self.feed_shapes = {vi.name: _dims(vi) for vi in graph.input if vi.name not in self.constants}
         self.output_names = [vi.name for vi in graph.output]
         self._slots: Dict[str, int] = {}
         for tensor in list(self.constants) + self.feeds:
@@ -112,11 +153,12 @@ class Graph:
                 for i, (node, run, ins, outs) in enumerate(wired)]
 
     def run(self, feeds: Mapping[str, object], trace: Optional[list] = None,
-            hooks: Optional[Mapping[int, Callable[[], None]]] = None) -> list:
+            hooks: Optional[Mapping[int, Callable[[], None]]] = None, meter: Optional["LiveBytes"] = None) -> list:
         """Execute the graph and return its outputs in order (to read an intermediate, make it a graph output).
 
         ``trace``, when given, receives ``(op_type, node name, start, end)`` per step (``time.perf_counter``);
-        ``hooks`` maps a step index to a callable run just before that step (the profiler's phase boundary).
+        ``hooks`` maps a step index to a callable run just before that step (the profiler's phase boundary);
+        ``meter`` counts the bytes the intermediates hold (the memory guard's probe).
         """
         missing = [f for f in self.feeds if f not in feeds]
         if missing:
@@ -126,6 +168,10 @@ class Graph:
             values[self._slots[tensor]] = value
         for tensor in self.feeds:
             values[self._slots[tensor]] = feeds[tensor]
+        with np.errstate(all="ignore"):  # NaN and overflow are the divergence guard's to report, once per step
+            return self._run(values, feeds, trace, hooks, meter)
+
+    def _run(self, values, feeds, trace, hooks, meter) -> list:
         for index, step in enumerate(self.steps):
             if hooks and index in hooks:
                 hooks[index]()
@@ -138,6 +184,8 @@ class Graph:
             for slot, value in zip(step.outputs, results):
                 if slot >= 0:
                     values[slot] = value
+            if meter is not None:
+                meter.count(step, values, feeds, self.constants)
             for slot in step.release:
                 values[slot] = None
             if trace is not None:

@@ -6,10 +6,10 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 from edge_lbp import ops
-from edge_lbp.runtime.artifact import Artifact
-from edge_lbp.runtime.graph import Graph
+from edge_lbp.runtime.artifact import Artifact, ArtifactError, model_input
+from edge_lbp.runtime.graph import Graph, LiveBytes, mismatched_shapes
 from edge_lbp.runtime.passes import fold_transpose_into_gemm
-from edge_lbp.runtime.session import Capabilities, Inputs, Session
+from edge_lbp.runtime.session import Capabilities, Inputs, Session, Unsupported
 
 # Ops ORT's gradient builder adds outside the ``<node>_Grad/`` names: loss gradient and gradient accumulation.
 _BACKWARD_OPS = ("SoftmaxCrossEntropyLossGrad", "InPlaceAccumulatorV2", *ops.GRAD_OPS)
@@ -32,7 +32,8 @@ class NumbaSession(Session):
     """Parameters, gradients and optimizer moments live in arrays allocated once and updated in place."""
 
     engine = "numba"
-    capabilities = Capabilities(gradients=True, optimizer_state=True, forward_end_hook=True, node_trace=True)
+    capabilities = Capabilities(gradients=True, optimizer_state=True, forward_end_hook=True, node_trace=True,
+                                memory_estimate=True)
 
     def __init__(self, artifact: Artifact):
         super().__init__(artifact)
@@ -42,6 +43,10 @@ class NumbaSession(Session):
         self.training = Graph(fold_transpose_into_gemm(artifact.graph("training")), name="training graph")
         self.eval = Graph(artifact.inference_graph(), name="eval graph")
         self.optimizer = Graph(artifact.graph("optimizer"), name="optimizer graph")
+        wrong = mismatched_shapes(self.training, self.params) + mismatched_shapes(self.eval, self.params)
+        if wrong:
+            raise ArtifactError(f"{artifact.path(artifact.manifest['params'])}: parameter {wrong[0]}"
+                                + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
         moments = [f for f in self.optimizer.feeds if f.endswith("_order_moments")]
         self.moments = {m: [np.zeros_like(self.params[p]) for p in self.trainable] for m in moments}
         self.step = 0
@@ -50,14 +55,15 @@ class NumbaSession(Session):
         self._backward_start = _backward_start(phases)
 
     def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace=None,
-                         on_forward_end=None) -> float:
-        feeds = {**self._feeds(inputs), self.artifact.labels: self._labels(labels), **self.params,
-                 "lazy_reset_grad": np.array([not accumulate])}
+                         on_forward_end=None, meter=None) -> float:
+        feeds = self._feeds(inputs)
+        feeds.update({self.artifact.labels: self._labels(labels, self._batch(feeds)), **self.params,
+                      "lazy_reset_grad": np.array([not accumulate])})
         feeds.update((f"{p}_grad.accumulation.buffer", g) for p, g in self.grads.items())
         spans = [] if trace is not None else None
         hooks = ({self._backward_start: on_forward_end}
                  if on_forward_end is not None and self._backward_start is not None else None)
-        loss = self.training.run(feeds, trace=spans, hooks=hooks)[0]
+        loss = self.training.run(feeds, trace=spans, hooks=hooks, meter=meter)[0]
         if trace is not None:
             trace.extend((self._phases[name], op, name, t0, t1) for op, name, t0, t1 in spans)
         return float(loss)
@@ -85,6 +91,20 @@ class NumbaSession(Session):
         self._check_parameters(mapping, self.params)
         for name, value in mapping.items():
             self.params[name][...] = value  # in place: the buffers stay where the graphs expect them
+
+    def step_bytes(self, batch: int) -> int:
+        """Measured on two probe steps (batch 1 and 2, zeros; the gradient buffers are overwritten, the parameters
+        and moments untouched) and extrapolated: a step's intermediates grow linearly with the batch."""
+        shape = model_input(self.artifact.manifest)["shape"][1:]
+        if not all(isinstance(d, int) for d in shape):
+            raise Unsupported(f"the input shape {shape} is not fixed; no memory estimate")
+        peaks = []
+        for probe in (1, 2):
+            meter = LiveBytes()
+            self.forward_backward(np.zeros((probe, *shape), np.float32), np.zeros(probe, np.int64), meter=meter)
+            peaks.append(meter.peak)
+        per_sample = max(0, peaks[1] - peaks[0])
+        return max(0, peaks[0] - per_sample) + per_sample * int(batch)
 
     def gradients(self) -> Dict[str, np.ndarray]:
         return self.grads

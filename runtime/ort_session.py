@@ -19,7 +19,8 @@ class OrtSession(Session):
     """Gradients and optimizer moments stay inside ONNX Runtime, and forward and backward run as one call."""
 
     engine = "ort"
-    capabilities = Capabilities(gradients=False, optimizer_state=False, forward_end_hook=False, node_trace=False)
+    capabilities = Capabilities(gradients=False, optimizer_state=False, forward_end_hook=False, node_trace=False,
+                                memory_estimate=False)
 
     def __init__(self, artifact: Artifact):
         super().__init__(artifact)
@@ -52,7 +53,8 @@ class OrtSession(Session):
         self.module.train()
         feeds = self._feeds(inputs)
         start = time.perf_counter()
-        loss = self.module(*[feeds[n] for n in self.module.input_names() if n in feeds], self._labels(labels))
+        labels = self._labels(labels, self._batch(feeds))
+        loss = self.module(*[feeds[n] for n in self.module.input_names() if n in feeds], labels)
         if trace is not None:  # ORT runs forward and backward as one graph call
             trace.append(("forward_backward", "Module", "training graph", start, time.perf_counter()))
         return float(loss)

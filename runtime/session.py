@@ -11,12 +11,13 @@ probing, and an undeclared capability raises :class:`Unsupported` with one line 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Union
 
 import numpy as np
 
-from edge_lbp.runtime.artifact import Artifact
+from edge_lbp.runtime.artifact import Artifact, model_input
 
 Inputs = Union[np.ndarray, Mapping[str, np.ndarray]]
 
@@ -27,17 +28,24 @@ class Capabilities:
     optimizer_state: bool  # optimizer_state() / set_optimizer_state(): step count and moments (checkpoints)
     forward_end_hook: bool  # forward_backward(on_forward_end=...) is called between forward and backward
     node_trace: bool  # trace spans per executed node (else one span per graph call)
+    memory_estimate: bool  # step_bytes(batch): what a training step allocates beyond the parameters and state
 
 
 class Unsupported(ValueError):
     """The engine does not offer what was asked (see ``Session.capabilities``)."""
 
 
+class NonFiniteStep(ValueError):
+    """A step's loss or gradients are NaN or infinite; it was rejected before the optimizer ran, so the parameters
+    and optimizer moments are those of before the step."""
+
+
 class Session:
     """One artifact, one engine: steps, evaluation, parameters, learning rate (``lr``), and the capabilities."""
 
     engine = "?"
-    capabilities = Capabilities(gradients=False, optimizer_state=False, forward_end_hook=False, node_trace=False)
+    capabilities = Capabilities(gradients=False, optimizer_state=False, forward_end_hook=False, node_trace=False,
+                                memory_estimate=False)
 
     def __init__(self, artifact: Artifact):
         self.artifact = artifact
@@ -59,10 +67,25 @@ class Session:
         raise NotImplementedError
 
     def train_step(self, inputs: Inputs, labels, trace: Optional[list] = None) -> float:
-        """Forward, backward and one optimizer update; returns the loss of this batch."""
+        """Forward, backward and one optimizer update; returns the loss of this batch. A step whose loss or
+        gradients are not finite raises :class:`NonFiniteStep` before the optimizer runs."""
         loss = self.forward_backward(inputs, labels, trace=trace)
+        self.check_finite(loss)
         self.optimizer_step(trace=trace)
         return loss
+
+    def check_finite(self, loss: Optional[float] = None, *, gradients: bool = True) -> None:
+        """Raise :class:`NonFiniteStep` when ``loss`` (if given) or, with ``gradients`` and where the engine exposes
+        them, a gradient is NaN or infinite. A gradient's sum is finite exactly when all its entries are (barring
+        a float32 overflow of the sum itself, which only gradients near 1e38 reach: a diverged step all the same).
+        """
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteStep(f"the loss is {loss}; step rejected, parameters unchanged")
+        if gradients and self.capabilities.gradients:
+            for name, grad in self.gradients().items():
+                if not math.isfinite(float(grad.sum())):
+                    raise NonFiniteStep(f"the gradient of {name} is not finite; step rejected, parameters "
+                                        "unchanged")
 
     def eval_step(self, inputs: Inputs) -> np.ndarray:
         """Logits for a batch, with the current parameters."""
@@ -80,6 +103,10 @@ class Session:
         """The gradient buffers of the trainable parameters, live: scaling them in place changes the next update."""
         raise Unsupported(f"the {self.engine} engine keeps its gradients out of reach (no gradient buffers)")
 
+    def step_bytes(self, batch: int) -> int:
+        """Bytes a training step at ``batch`` allocates on top of the parameters, gradients and moments."""
+        raise Unsupported(f"the {self.engine} engine cannot estimate a step's memory")
+
     def optimizer_state(self) -> dict:
         """``{"step": n, moment: {parameter: array}}``: copies of everything the optimizer carries between steps."""
         raise Unsupported(f"the {self.engine} engine does not expose its optimizer moments")
@@ -89,12 +116,35 @@ class Session:
 
     # -- shared by the engines -----------------------------------------------------------------------------------
     def _feeds(self, inputs: Inputs) -> Dict[str, np.ndarray]:
-        if isinstance(inputs, Mapping):
-            return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
-        return {self.artifact.input_name: np.ascontiguousarray(inputs, dtype=np.float32)}
+        if not isinstance(inputs, Mapping):
+            inputs = {self.artifact.input_name: inputs}
+        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
+        image = feeds.get(self.artifact.input_name)
+        expected = model_input(self.artifact.manifest)["shape"][1:]
+        if image is not None and (image.ndim != len(expected) + 1 or not image.shape[0] or any(
+                isinstance(e, int) and e != d for e, d in zip(expected, image.shape[1:]))):
+            raise ValueError(f"inputs of shape {image.shape}; the model takes (batch, {', '.join(map(str, expected))})"
+                             " with batch >= 1")
+        return feeds
 
     @staticmethod
-    def _labels(labels) -> np.ndarray:
+    def _batch(feeds) -> int:
+        return len(next(iter(feeds.values())))
+
+    def _labels(self, labels, batch: int) -> np.ndarray:
+        """Class indices, one per sample, in ``[0, classes)``: anything else would train silently on the wrong
+        target (numpy reads -1 as the last class, and a cast truncates 2.7 to 2)."""
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"labels of dtype {labels.dtype}: pass integer class indices"
+                             + (" (one-hot rows? take their argmax)" if labels.ndim == 2 else ""))
+        if labels.shape != (batch,):
+            raise ValueError(f"labels of shape {labels.shape} for a batch of {batch}: pass one class index per sample"
+                             + (" (one-hot rows? take their argmax)" if labels.ndim == 2 else ""))
+        classes = self.artifact.logits["shape"][-1]
+        if labels.size and (labels.min() < 0 or (isinstance(classes, int) and labels.max() >= classes)):
+            raise ValueError(f"labels range from {labels.min()} to {labels.max()}; the model has {classes} classes "
+                             f"(0..{classes - 1 if isinstance(classes, int) else 'C-1'})")
         return np.ascontiguousarray(labels, dtype=np.int64)
 
     @staticmethod

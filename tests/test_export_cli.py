@@ -125,7 +125,7 @@ def _hardswish_onnx(path):
     (lambda d: ["vit-tiny", "--train", "some"], ["trainable set 'some'"]),
     (lambda d: ["vit-tiny", "--input-shape", "3,32"], ["'3,32'", "C,H,W"]),
     (lambda d: ["vit-tiny", "--input-shape", "3,32,16"], ["square"]),
-    (lambda d: ["vit-tiny", "--lr", "0"], ["learning rate"]),
+    (lambda d: ["vit-tiny", "--lr", "0"], ["--lr", "must be > 0"]),
     (lambda d: ["vit-tiny", "--extra-tokens", "1"], ["--extra-tokens", "--grid"]),
     (lambda d: ["no_such_module_xyz:make"], ["no_such_module_xyz:make"]),
     (lambda d: ["factory_models:tiny_mixer"], ["input shape", "--input-shape"]),

@@ -98,6 +98,13 @@ def test_declared_capabilities_work_and_the_others_refuse(artifact, engine, batc
         with pytest.raises(Unsupported, match=f"the {engine} engine"):
             session.gradients()
 
+    if caps.memory_estimate:
+        one, four = session.step_bytes(1), session.step_bytes(4)
+        assert 0 < one < four
+    else:
+        with pytest.raises(Unsupported, match=f"the {engine} engine"):
+            session.step_bytes(4)
+
     if caps.optimizer_state:
         state = session.optimizer_state()
         assert state["step"] >= 1 and len(state) > 1

@@ -6,6 +6,8 @@ path never imports torch or onnxruntime. Every error reaches the user as one ``e
 """
 import argparse
 import contextlib
+import math
+import os
 import sys
 import warnings
 
@@ -14,8 +16,18 @@ from edge_lbp._version import __version__
 from edge_lbp.runtime import AUTO, ENGINES
 
 
+class _UsageError(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """A usage mistake is one error line too (argparse would print the usage and exit)."""
+        raise _UsageError(f"{self.prog.split()[-1]}: {message} (see --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edge-lbp",
         description="Fine-tune vision transformers on the device with low-rank (Walsh-Hadamard) backpropagation.",
     )
@@ -41,13 +53,30 @@ def _lazy(command: str, function: str = "run"):
     return run
 
 
+def _number(kind, smallest, strict):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not (value > smallest if strict else value >= smallest) or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {smallest:g}"
+                                             + (" and finite" if kind is float else ""))
+        return value
+
+    return parse
+
+
+_count, _count0, _positive = _number(int, 1, False), _number(int, 0, False), _number(float, 0, True)
+
+
 def _add_data_options(cmd, required: bool) -> None:
     cmd.add_argument("--data", required=required, metavar="PATH",
                      help="an image folder (one sub-folder per class) or an .npz file (x_train/y_train, ...)")
-    cmd.add_argument("--batch-size", type=int, default=32, metavar="B", help="(default: %(default)s)")
+    cmd.add_argument("--batch-size", type=_count, default=32, metavar="B", help="(default: %(default)s)")
     cmd.add_argument("--engine", default=AUTO, choices=(AUTO, *ENGINES),
                      help="auto: numba (the device engine) (default: %(default)s)")
-    cmd.add_argument("--threads", type=int, metavar="T", help="Numba + BLAS threads (default: all cores)")
+    cmd.add_argument("--threads", type=_count, metavar="T", help="Numba + BLAS threads (default: all cores)")
 
 
 def _add_demo(commands) -> None:
@@ -57,12 +86,12 @@ def _add_demo(commands) -> None:
                     "after, step latency, peak memory and energy. Without options it needs nothing but this package.")
     cmd.add_argument("--data", metavar="PATH", help="adapt to this image folder instead of the generated task")
     cmd.add_argument("--artifact", metavar="DIR", help="adapt this exported artifact (no export extra needed)")
-    cmd.add_argument("--epochs", type=int, metavar="E", help="training epochs (default: the demo's own)")
+    cmd.add_argument("--epochs", type=_count, metavar="E", help="training epochs (default: the demo's own)")
     cmd.add_argument("--lbp", default=defaults.SELECTION, metavar="SPEC", help="LBP selection (default: %(default)s)")
-    cmd.add_argument("--block", type=int, default=defaults.BLOCK, metavar="K",
+    cmd.add_argument("--block", type=_count, default=defaults.BLOCK, metavar="K",
                      help="WHT block side for the bundled backbone's 8x8 token grid (default: %(default)s)")
-    cmd.add_argument("--threads", type=int, metavar="T", help="Numba + BLAS threads (default: all cores)")
-    cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument("--threads", type=_count, metavar="T", help="Numba + BLAS threads (default: all cores)")
+    cmd.add_argument("--seed", type=_count0, default=0)
     cmd.set_defaults(run=_lazy("demo"))
 
 
@@ -72,19 +101,21 @@ def _add_train(commands) -> None:
     cmd.add_argument("artifact", metavar="ARTIFACT", help="artifact folder made by `edge-lbp export`")
     _add_data_options(cmd, required=True)
     cmd.add_argument("--val", metavar="PATH", help="validation data (default: none)")
-    cmd.add_argument("--epochs", type=int, default=10, metavar="E", help="(default: %(default)s)")
-    cmd.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default: the artifact's)")
+    cmd.add_argument("--epochs", type=_count, default=10, metavar="E", help="(default: %(default)s)")
+    cmd.add_argument("--lr", type=_positive, metavar="X", help="peak learning rate (default: the artifact's)")
     cmd.add_argument("--schedule", default="cosine", choices=("constant", "cosine"), help="(default: %(default)s)")
-    cmd.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear warm-up (default: 0)")
-    cmd.add_argument("--accumulate", type=int, default=1, metavar="K", help="batches per update (default: 1)")
-    cmd.add_argument("--clip-norm", type=float, metavar="X", help="clip the gradient norm to X (numba engine)")
+    cmd.add_argument("--warmup-steps", type=_count0, default=0, metavar="N", help="linear warm-up (default: 0)")
+    cmd.add_argument("--accumulate", type=_count, default=1, metavar="K", help="batches per update (default: 1)")
+    cmd.add_argument("--clip-norm", type=_positive, metavar="X", help="clip the gradient norm to X (numba engine)")
     cmd.add_argument("--no-augment", action="store_true", help="no random crops and flips of the training images")
     cmd.add_argument("--checkpoint", metavar="DIR",
                      help="save a checkpoint here after every epoch and on Ctrl-C (at the next update)")
     cmd.add_argument("--resume", action="store_true",
                      help="continue from the checkpoint in --checkpoint (its hyper-parameters, data position)")
     cmd.add_argument("--export-onnx", metavar="PATH", help="write the adapted model as an inference ONNX file")
-    cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument("--max-rejected", type=_count, default=10, metavar="N",
+                     help="stop after N steps in a row with a non-finite loss or gradient (default: %(default)s)")
+    cmd.add_argument("--seed", type=_count0, default=0)
     cmd.set_defaults(run=_lazy("train", "train"))
 
 
@@ -104,10 +135,10 @@ def _add_profile(commands) -> None:
                               description="Profile training steps of an artifact: latency per step, phase and "
                                           "op type; peak memory; power and energy from the board's sensors.")
     cmd.add_argument("artifact", metavar="ARTIFACT")
-    cmd.add_argument("--steps", type=int, default=10, metavar="N", help="measured steps (default: %(default)s)")
-    cmd.add_argument("--warmup", type=int, default=3, metavar="W", help="unmeasured steps (default: %(default)s)")
+    cmd.add_argument("--steps", type=_count, default=10, metavar="N", help="measured steps (default: %(default)s)")
+    cmd.add_argument("--warmup", type=_count0, default=3, metavar="W", help="unmeasured steps (default: %(default)s)")
     _add_data_options(cmd, required=False)
-    cmd.add_argument("--rate", type=float, default=10.0, metavar="HZ", help="sensor sampling (default: 10 Hz)")
+    cmd.add_argument("--rate", type=_positive, default=10.0, metavar="HZ", help="sensor sampling (default: 10 Hz)")
     cmd.add_argument("--out", default="profile", metavar="DIR", help="report folder (default: %(default)s)")
     cmd.set_defaults(run=_lazy("profile"))
 
@@ -132,12 +163,12 @@ def _add_export(commands) -> None:
     cmd.add_argument("--train", default="all", metavar="SPEC",
                      help="trainable set: all | last:K | bias | head (default: %(default)s)")
     cmd.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
-    cmd.add_argument("--lr", type=float, default=1e-3, metavar="X", help="learning rate (default: %(default)s)")
+    cmd.add_argument("--lr", type=_positive, default=1e-3, metavar="X", help="learning rate (default: %(default)s)")
     cmd.add_argument("--input-shape", metavar="C,H,W", help="input image shape (default: the model's own)")
     cmd.add_argument("--num-classes", type=int, metavar="N", help="number of classes (presets and factories)")
     cmd.add_argument("--grid", metavar="HxW", help="token grid of the rewritten layers (default: inferred)")
     cmd.add_argument("--extra-tokens", type=int, metavar="E", help="tokens before the grid (CLS, distillation)")
-    cmd.add_argument("--block", type=int, default=defaults.BLOCK, metavar="K",
+    cmd.add_argument("--block", type=_count, default=defaults.BLOCK, metavar="K",
                      help="WHT block side (default: %(default)s)")
     cmd.set_defaults(run=_lazy("export"))
 
@@ -162,16 +193,35 @@ def _warnings_as_lines():
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: EDGE_LBP_DEBUG=1)")
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(f"edge-lbp: error: {exc}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 0
     try:
         with _warnings_as_lines():
             return args.run(args)
-    except (ValueError, OSError) as exc:  # input errors (GradientError is a ValueError): one line, no traceback
-        print(f"edge-lbp: error: {_one_line(exc)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("edge-lbp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every error is one line; --debug shows where it came from
+        if args.debug or os.environ.get("EDGE_LBP_DEBUG"):
+            raise
+        print(f"edge-lbp: error: {_describe(exc)}", file=sys.stderr)
         return 2
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return f"out of memory: {_one_line(exc) or 'try a smaller --batch-size'}"
+    # Input errors (ValueError, OSError) speak for themselves; anything else also names its type.
+    plain = isinstance(exc, (ValueError, OSError, RuntimeError))
+    return _one_line(exc) if plain else f"{type(exc).__name__}: {_one_line(exc)}"
 
 
 if __name__ == "__main__":

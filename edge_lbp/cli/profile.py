@@ -5,13 +5,13 @@ import warnings
 
 import edge_lbp.runtime as runtime
 from edge_lbp.data import endless_batches, random_batches
+from edge_lbp.files import check_writable
 from edge_lbp.profile_report import summary
 from edge_lbp.profiler import profile
 
 
 def run(args) -> int:
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_writable(args.out, folder=True)  # before the steps, not after them
     session = runtime.load(args.artifact, args.engine, threads=args.threads)
     manifest = session.artifact.manifest
     batches = (endless_batches(args.data, manifest, args.batch_size) if args.data

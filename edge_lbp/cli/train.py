@@ -1,26 +1,43 @@
 """``edge-lbp train`` and ``edge-lbp eval``: the Trainer on an image folder or ``.npz``, from the command line."""
+import contextlib
 import sys
 
-from edge_lbp.checkpoint import has_checkpoint
+from edge_lbp.checkpoint import has_checkpoint, locked
 from edge_lbp.data import open_dataset
+from edge_lbp.files import check_writable
 from edge_lbp.runtime.inference import export_inference
 from edge_lbp.trainer import Trainer
 
 
 def train(args) -> int:
+    # Everything that could fail after the run fails now: a second writer on the checkpoint folder, an output
+    # path that cannot be written.
+    if args.export_onnx:
+        check_writable(args.export_onnx)
+    if args.checkpoint:
+        check_writable(args.checkpoint, folder=True)
+    with locked(args.checkpoint) if args.checkpoint else contextlib.nullcontext():
+        return _train(args)
+
+
+def _train(args) -> int:
     if args.resume:
         if not args.checkpoint:
             raise ValueError("--resume needs --checkpoint DIR (the folder to continue from)")
         trainer = Trainer.resume(args.checkpoint, args.artifact, engine=args.engine, threads=args.threads)
-        print(f"resuming {args.checkpoint}: epoch {trainer.epoch + 1}, batch {trainer.batch}, "
-              f"update {trainer.updates} (hyper-parameters from the checkpoint)")
+        if trainer.epoch >= args.epochs:
+            print(f"{args.checkpoint}: already finished ({trainer.epoch} of {args.epochs} epochs done); "
+                  "nothing to train (raise --epochs to continue)")
+        else:
+            print(f"resuming {args.checkpoint}: epoch {trainer.epoch + 1}, batch {trainer.batch}, "
+                  f"update {trainer.updates} (hyper-parameters from the checkpoint)")
     else:
         if args.checkpoint and has_checkpoint(args.checkpoint):
             raise ValueError(f"{args.checkpoint}: holds a checkpoint; pass --resume to continue it, or choose "
                              "another folder")
         trainer = Trainer(args.artifact, engine=args.engine, threads=args.threads, lr=args.lr,
                           schedule=args.schedule, warmup_steps=args.warmup_steps, accumulate=args.accumulate,
-                          clip_norm=args.clip_norm, seed=args.seed)
+                          clip_norm=args.clip_norm, seed=args.seed, max_rejected=args.max_rejected)
     train = open_dataset(args.data, trainer.manifest, split="train", classes=trainer.classes)
     val = open_dataset(args.val, trainer.manifest, split="val", classes=train.classes) if args.val else None
     print(f"train: {len(train)} images, {len(train.classes)} classes ({train.source})"
