@@ -183,6 +183,8 @@ def _add_fleet(commands) -> None:
     cmd.add_argument("--data", required=True, metavar="PATH", help="this board's image folder or .npz")
     cmd.add_argument("--val", metavar="PATH", help="local validation data (default: the val split of --data)")
     cmd.add_argument("--threads", type=int, metavar="T", help="Numba + BLAS threads (default: all cores)")
+    cmd.add_argument("--port", type=int, default=9094, metavar="P",
+                     help="the SuperNode's own API on 127.0.0.1 (default: %(default)s; one per SuperNode)")
     cmd.add_argument("--root-certificates", metavar="PEM", help="the SuperLink's CA certificate")
     cmd.add_argument("--insecure", action="store_true", help="no TLS (a trusted network only)")
     cmd.set_defaults(run=_lazy("fleet", "supernode"))

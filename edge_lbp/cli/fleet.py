@@ -53,8 +53,9 @@ def supernode(args) -> int:
         settings["val"] = str(Path(args.val).resolve())
     if args.threads:
         settings["threads"] = args.threads
-    command = [flower_executable("flower-supernode"), "--superlink", args.superlink, "--node-config",
-               node_config(settings), *_tls(args, server=False)]
+    # The SuperNode's own API (its ClientApp processes talk to it) stays on the loopback interface.
+    command = [flower_executable("flower-supernode"), "--superlink", args.superlink, "--host", "127.0.0.1",
+               "--port", str(args.port), "--node-config", node_config(settings), *_tls(args, server=False)]
     return _exec(command)
 
 
