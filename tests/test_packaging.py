@@ -152,7 +152,8 @@ def test_readme_folder_table_matches_the_tree():
     table = text[text.index("| folder | installed as |"):]
     table = table[:table.index("\n\n")]
     rows = dict(re.findall(r"^\| `([\w/]+)/` \| (?:`([\w.]+)`|—) \|", table, re.M))
-    packages = {"edge_lbp": "edge_lbp", "edge_lbp/cli": "edge_lbp.cli", "export": "edge_lbp.export",
+    packages = {"edge_lbp": "edge_lbp", "edge_lbp/cli": "edge_lbp.cli", "edge_lbp/fleet": "edge_lbp.fleet",
+                "export": "edge_lbp.export",
                 "runtime": "edge_lbp.runtime", "devices": "edge_lbp.devices", "tests": ""}
     assert rows == packages
     for folder in rows:

@@ -1,5 +1,5 @@
 """The ``edge-lbp`` command line: the parser here, one module per command (``demo``, ``export``, ``train`` with
-``eval``, ``profile``, ``doctor``), each with a ``run(args)``.
+``eval``, ``profile``, ``doctor``, ``fleet``), each with a ``run(args)``.
 
 A command's module is imported only when that command runs, so ``edge-lbp --help`` stays fast and the device
 path never imports torch or onnxruntime. Every error reaches the user as one ``edge-lbp: error:`` line.
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(commands)
     _add_profile(commands)
     _add_doctor(commands)
+    _add_fleet(commands)
     return parser
 
 
@@ -171,6 +172,77 @@ def _add_export(commands) -> None:
     cmd.add_argument("--block", type=_count, default=defaults.BLOCK, metavar="K",
                      help="WHT block side (default: %(default)s)")
     cmd.set_defaults(run=_lazy("export"))
+
+
+def _add_fleet(commands) -> None:
+    fleet = commands.add_parser(
+        "fleet", help="federated adaptation across boards with Flower (needs the 'fleet' extra)",
+        description="Several boards adapt one model together without sharing images: Flower's FedAvg over the "
+                    "artifact's trainable parameters, each board training with the Trainer on its own data.")
+    sub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
+    cmd = sub.add_parser("local", help="a SuperLink and N SuperNodes on this machine (127.0.0.1), one run",
+                         description="A real Flower deployment on the loopback interface: each SuperNode trains on "
+                                     "its own part of --data; prints the global validation accuracy every round.")
+    cmd.add_argument("artifact", metavar="ARTIFACT")
+    cmd.add_argument("--data", required=True, metavar="PATH",
+                     help="image folder or .npz; its train split is divided among the SuperNodes, its val split "
+                          "is the global validation set (and each node's part of it, its local one)")
+    cmd.add_argument("--clients", type=int, default=3, metavar="N", help="SuperNodes (default: %(default)s)")
+    cmd.add_argument("--rounds", type=int, default=3, metavar="R", help="(default: %(default)s)")
+    cmd.add_argument("--partition", default="iid", choices=("iid", "class"),
+                     help="iid: a seeded random deal; class: node i gets the classes l with l %% N == i "
+                          "(default: %(default)s)")
+    cmd.add_argument("--threads", type=int, default=1, metavar="T",
+                     help="threads per SuperNode (default: %(default)s: the nodes share this machine's cores)")
+    cmd.add_argument("--out", default="fleet-out", metavar="DIR",
+                     help="round-<r>/ (checkpoint + model.onnx), rounds.jsonl, logs/ (default: %(default)s)")
+    cmd.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="stop the whole run after S seconds")
+    _add_round_options(cmd)
+    cmd.set_defaults(run=_lazy("fleet", "local"))
+
+    cmd = sub.add_parser("superlink", help="start Flower's SuperLink (the server; the ServerApp runs beside it)")
+    cmd.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    cmd.add_argument("--port", type=int, default=9093, help="(default: %(default)s)")
+    cmd.add_argument("--ssl-certfile", metavar="PEM")
+    cmd.add_argument("--ssl-keyfile", metavar="PEM")
+    cmd.add_argument("--insecure", action="store_true", help="no TLS (a trusted network only)")
+    cmd.set_defaults(run=_lazy("fleet", "superlink"))
+
+    cmd = sub.add_parser("supernode", help="start Flower's SuperNode on this board, training on its own data")
+    cmd.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    cmd.add_argument("--artifact", required=True, metavar="DIR", help="the artifact folder on this board")
+    cmd.add_argument("--data", required=True, metavar="PATH", help="this board's image folder or .npz")
+    cmd.add_argument("--val", metavar="PATH", help="local validation data (default: the val split of --data)")
+    cmd.add_argument("--threads", type=int, metavar="T", help="Numba + BLAS threads (default: all cores)")
+    cmd.add_argument("--port", type=int, default=9094, metavar="P",
+                     help="the SuperNode's own API on 127.0.0.1 (default: %(default)s; one per SuperNode)")
+    cmd.add_argument("--root-certificates", metavar="PEM", help="the SuperLink's CA certificate")
+    cmd.add_argument("--insecure", action="store_true", help="no TLS (a trusted network only)")
+    cmd.set_defaults(run=_lazy("fleet", "supernode"))
+
+    cmd = sub.add_parser("run", help="start a federated run on a SuperLink (flwr run with this project's app)")
+    cmd.add_argument("artifact", metavar="ARTIFACT", help="the artifact folder, as a path on the SuperLink machine")
+    cmd.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    cmd.add_argument("--val", metavar="PATH", help="global validation data, a path on the SuperLink machine")
+    cmd.add_argument("--rounds", type=int, default=3, metavar="R", help="(default: %(default)s)")
+    cmd.add_argument("--min-nodes", type=int, default=2, metavar="N",
+                     help="boards connected before a round starts (default: %(default)s)")
+    cmd.add_argument("--out", default="fleet-out", metavar="DIR",
+                     help="the global models, a path on the SuperLink machine (default: %(default)s)")
+    cmd.add_argument("--root-certificates", metavar="PEM", help="the SuperLink's CA certificate")
+    cmd.add_argument("--insecure", action="store_true", help="no TLS (a trusted network only)")
+    _add_round_options(cmd)
+    cmd.set_defaults(run=_lazy("fleet", "run"))
+
+    cmd = sub.add_parser("app", help="print the folder of the Flower App (for flwr run)")
+    cmd.set_defaults(run=_lazy("fleet", "app"))
+
+
+def _add_round_options(cmd) -> None:
+    cmd.add_argument("--epochs", type=int, default=1, metavar="E", help="local epochs per round (default: 1)")
+    cmd.add_argument("--batch-size", type=int, default=32, metavar="B", help="(default: %(default)s)")
+    cmd.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default: the artifact's)")
+    cmd.add_argument("--seed", type=int, default=0, help="round r trains with seed + r - 1 (default: 0)")
 
 
 def say(text: str) -> None:

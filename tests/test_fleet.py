@@ -1,0 +1,200 @@
+"""The fleet: a ClientApp reply equals the Trainer alone bit for bit, and a real local Flower deployment (SuperLink
+and 3 SuperNodes on 127.0.0.1) improves the global model, survives a SuperNode killed mid-round, saves whole
+global models and leaves no process behind."""
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge_lbp.trainer  # noqa: F401  (edge_lbp before torch: see test_checkpoint.py)
+from edge_lbp.data import open_dataset
+from edge_lbp.fleet import partition
+from edge_lbp.trainer import Trainer
+
+pytest.importorskip("flwr", reason="the fleet extra (Flower) is not installed")
+pytest.importorskip("torch", reason="the export extra is not installed (the test artifact is exported here)")
+
+import psutil  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord  # noqa: E402
+from flwr.app import RecordDict  # noqa: E402
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords  # noqa: E402
+
+from edge_lbp.export.exporter import export_model  # noqa: E402
+from edge_lbp.export.models import load_pretrained  # noqa: E402
+from edge_lbp.fleet import client  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100_10cls"
+PER_CLASS = {"train": 45, "val": 15}  # a small subset: 450 training images (150 a board), 150 validation images
+SEED, BATCH = 3, 32
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """The bundled CIFAR-10 backbone with a new 10-class head, last block trainable with LBP-WHT."""
+    folder = tmp_path_factory.mktemp("fleet") / "vit-c10"
+    export_model(load_pretrained("vit-c10", num_classes=10), folder, train="last:1", lr=1e-3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(artifact, tmp_path_factory):
+    """The first images of each class of the shared CIFAR-100 folder, as an .npz in a temporary folder."""
+    manifest = Trainer(artifact, threads=1).manifest
+    arrays = {}
+    for split, count in PER_CLASS.items():
+        full = open_dataset(SHARED, manifest, split=split)
+        keep = np.concatenate([np.flatnonzero(full.labels == c)[:count] for c in range(len(full.classes))])
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = full.images[keep], full.labels[keep]
+    path = tmp_path_factory.mktemp("fleet-data") / "cifar100_subset.npz"
+    np.savez(path, **arrays, label_names=np.array(full.classes))
+    return path
+
+
+def _alone(artifact, data, index, count, server_round=1):
+    """What one board's Trainer produces on its own: the fleet's seed rule, its part of the data."""
+    trainer = Trainer(artifact, threads=1, seed=SEED + server_round - 1)
+    train = partition(open_dataset(data, trainer.manifest, split="train"), index, count)
+    val = partition(open_dataset(data, trainer.manifest, split="val", classes=train.classes), index, count)
+    trainer.fit(train, val, epochs=1, batch_size=BATCH, progress=False)
+    params = trainer.session.parameters()
+    return {n: params[n] for n in trainer.session.artifact.trainable}, len(train)
+
+
+def test_partitions_are_disjoint_and_cover_the_data(artifact, data):
+    manifest = Trainer(artifact, threads=1).manifest
+    full = open_dataset(data, manifest, split="train")
+    for by in ("iid", "class"):
+        parts = [partition(full, i, 3, by=by) for i in range(3)]
+        assert sum(len(p) for p in parts) == len(full)
+        assert all(p.classes == full.classes for p in parts)
+        if by == "class":
+            assert [sorted(set(p.labels.tolist())) for p in parts] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+        else:
+            assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+    with pytest.raises(ValueError, match="partition 3 of 3"):
+        partition(full, 3, 3)
+
+
+def test_client_reply_equals_the_trainer_alone_bit_for_bit(artifact, data, monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for key in ("_run_id", "_node_id", "_task_id"):  # what a SuperNode's ClientApp process sets before messages
+        monkeypatch.setattr(TaskIdentity, key, 7)
+    initial = Trainer(artifact, threads=1)
+    config = ConfigRecord({"local-epochs": 1, "batch-size": BATCH, "lr": 0.0, "seed": SEED, "server-round": 1})
+    message = Message(content=RecordDict({"arrays": client.trainable_record(initial.session), "config": config}),
+                      message_type=MessageType.TRAIN, dst_node_id=7)
+    node = {"artifact": str(artifact), "data": str(data), "partition-id": 1, "num-partitions": 3, "threads": 1}
+    context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    reply = client.app(message, context)
+    assert not reply.has_error(), reply.error
+    returned = reply.content["arrays"]
+    expected, examples = _alone(artifact, data, 1, 3)
+    assert list(returned.keys()) == list(expected)  # the artifact's trainable set, in its order
+    assert all(np.array_equal(returned[n].numpy(), expected[n]) for n in expected)
+    assert not all(np.array_equal(returned[n].numpy(), initial.session.parameters()[n]) for n in expected)
+    metrics = reply.content["metrics"]
+    assert metrics["num-examples"] == examples and metrics["step_ms"] > 0 and metrics["local_val_samples"] == 50
+
+
+def _descendants(process, seen):
+    try:
+        for child in psutil.Process(process.pid).children(recursive=True):
+            seen.setdefault(child.pid, child)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _is_supernode(process, index):
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return "flower-supernode" in command and f"partition-id={index} " in command
+
+
+def _kill_tree(proc):
+    tree = [proc, *proc.children(recursive=True)]
+    for p in tree:
+        p.kill()
+    psutil.wait_procs(tree, timeout=30)
+
+
+@pytest.mark.slow
+def test_local_deployment_learns_survives_a_killed_node_and_saves_whole_models(artifact, data, tmp_path):
+    out = tmp_path / "fleet"
+    command = [sys.executable, "-m", "edge_lbp", "fleet", "local", str(artifact), "--data", str(data),
+               "--clients", "3", "--rounds", "2", "--seed", str(SEED), "--out", str(out), "--timeout", "900"]
+    fleet = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, lines, killed = {}, [], None
+    try:
+        for line in fleet.stdout:
+            lines.append(line.rstrip())
+            _descendants(fleet, seen)
+            if line.startswith("round 0/2") and killed is None:
+                # A board loses power as round 1 starts: its SuperNode and its ClientApp die at once.
+                node = next(p for p in seen.values() if _is_supernode(p, 1))
+                killed = node.pid
+                _kill_tree(node)
+        status = fleet.wait(timeout=60)
+    finally:
+        if fleet.poll() is None:
+            fleet.send_signal(signal.SIGINT)
+            fleet.wait(timeout=60)
+    report = "\n".join(lines)
+    assert status == 0, report
+    assert killed is not None, report
+    rounds = {int(m.group(1)): m for m in (re.match(r"round (\d)/2: global val accuracy ([\d.]+)", x) for x in lines)
+              if m}
+    assert sorted(rounds) == [0, 1, 2], report
+    assert float(rounds[2].group(2)) > float(rounds[0].group(2)), report
+    assert "; 2 boards trained" in next(x for x in lines if x.startswith("round 1/2")), report  # without the dead one
+    assert "; 3 boards trained" in next(x for x in lines if x.startswith("round 2/2")), report  # it rejoined
+    # Round 1's global model is FedAvg of what boards 0 and 2 produce alone, bit for bit.
+    replies = []
+    for index in (0, 2):
+        params, examples = _alone(artifact, data, index, 3)
+        replies.append(RecordDict({"arrays": ArrayRecord({n: Array(v) for n, v in params.items()}),
+                                   "metrics": MetricRecord({"num-examples": examples})}))
+    expected = aggregate_arrayrecords(replies, "num-examples")
+    resumed = Trainer.resume(out / "round-1", artifact, threads=1)
+    saved = resumed.session.parameters()
+    assert all(np.array_equal(saved[n], expected[n].numpy()) for n in expected.keys())
+    # The last global model: a checkpoint the Trainer resumes, and an ONNX file with the same accuracy.
+    final = Trainer.resume(out / "round-2", artifact, threads=1)
+    val = open_dataset(data, final.manifest, split="val", classes=final.classes)
+    assert round(final.evaluate(val)["accuracy"], 4) == float(rounds[2].group(2))
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(out / "round-2" / "model.onnx")))
+    assert not list(out.glob("round-*/.*")), "a temporary file was left in a round folder"
+    time.sleep(1)
+    assert not [p.pid for p in seen.values() if p.is_running()], "Flower processes left running"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_flower_process(artifact, data, tmp_path):
+    command = [sys.executable, "-m", "edge_lbp", "fleet", "local", str(artifact), "--data", str(data),
+               "--clients", "2", "--rounds", "5", "--out", str(tmp_path / "fleet"), "--timeout", "600"]
+    fleet = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, lines = {}, []
+    try:
+        for line in fleet.stdout:
+            lines.append(line.rstrip())
+            _descendants(fleet, seen)
+            if line.startswith("round 0/5"):
+                time.sleep(3)  # the boards are training now
+                _descendants(fleet, seen)
+                fleet.send_signal(signal.SIGINT)
+        status = fleet.wait(timeout=120)
+    finally:
+        if fleet.poll() is None:
+            fleet.kill()
+    assert status == 130, "\n".join(lines)
+    assert len(seen) >= 6, seen  # SuperLink, its SuperExec, 2 SuperNodes and theirs, at least: all were tracked
+    assert not [p.pid for p in seen.values() if p.is_running()], "Flower processes left running"
