@@ -1,13 +1,15 @@
 """edge-lbp demo: the adaptation report, the board path (--artifact), and its errors."""
+import io
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_lbp.cli import main
+from edge_lbp.cli import demo, main
 from edge_lbp.cli.demo import _class_count
 from subprocess_guard import BLOCK_WORKSTATION
 
@@ -30,13 +32,42 @@ def test_demo_on_an_exported_artifact_reports_what_it_cost(artifact, capsys):
         assert expected in out, expected
 
 
-def test_demo_without_the_export_extra_points_to_artifact(tmp_path):
-    code = BLOCK_WORKSTATION + "import sys; from edge_lbp.cli import main; sys.exit(main(['demo']))"
+def test_demo_without_the_export_extra_needs_it_only_for_other_settings(tmp_path):
+    code = BLOCK_WORKSTATION + "import sys; from edge_lbp.cli import main; sys.exit(main(['demo', '--block', '4']))"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.startswith("edge-lbp: error: the demo exports the bundled backbone, which needs the "
-                                    "export extra")
-    assert "--artifact DIR" in result.stderr and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "edge-lbp: error: the packaged vit-c10 artifact was exported for 8 classes, --lbp lp-tri:4 --block 8; "
+        "8 classes, --lbp lp-tri:4 --block 4 needs a new export, which needs the export extra"), result.stderr
+    assert "--artifact DIR" in lines[0]
+
+
+def _small_task(monkeypatch):
+    # 8 + 2 images per class: two training steps, enough to check the report without a full run
+    monkeypatch.setattr(demo, "TRAIN_PER_CLASS", 8)
+    monkeypatch.setattr(demo, "VAL_PER_CLASS", 2)
+
+
+def _artifact_line(out):
+    return re.search(r"  export: (.*), (packaged|exported now), [\d.]+ s\n", out).groups()
+
+
+def test_packaged_and_fresh_export_print_the_same_report(monkeypatch, capsys):
+    _small_task(monkeypatch)
+    assert main(["demo", "--epochs", "1", "--threads", "1"]) == 0
+    packaged_out = capsys.readouterr().out
+    monkeypatch.setattr(demo.packaged, "matches", lambda *args: False)  # the workstation path: export afresh
+    assert main(["demo", "--epochs", "1", "--threads", "1"]) == 0
+    fresh_out = capsys.readouterr().out
+    (figures, how), (fresh_figures, fresh_how) = _artifact_line(packaged_out), _artifact_line(fresh_out)
+    assert (how, fresh_how) == ("packaged", "exported now")
+    assert figures == fresh_figures == ("vit-c10 with --lbp lp-tri:4 --block 8: 24 linear layers rewritten (their "
+                                        "backward products 0.17x the FLOPs), 1,205,640 parameters")
+    assert re.search(r"  kernels: (loaded from the Numba cache in|compiled \d+ Numba kernels in)", packaged_out)
+    # the same weights, data and seed: the same accuracies, whichever way the artifact was made
+    accuracy = re.compile(r"accuracy (?:before adaptation|after 1 epochs): [\d.]+%")
+    assert accuracy.findall(packaged_out) == accuracy.findall(fresh_out) and len(accuracy.findall(fresh_out)) == 2
 
 
 def test_class_count_of_folders_and_npz(tmp_path):
@@ -83,3 +114,20 @@ def test_demo_adapts_the_bundled_backbone_to_a_users_image_folder(tmp_path, caps
     # 8x8 grid in 4x4 blocks: CLS + 4 blocks x 10 lp-tri:4 bases = 41 of 65 token rows in every backward product
     assert f"--lbp lp-tri:4 --block 4: 24 linear layers rewritten (their backward products {41 / 65:.2f}x" in out
     assert "36 training / 12 validation images, 3 classes (cross, disc, stripes)" in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_spinner_only_on_a_terminal_and_cleared_after(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    with demo._spinner("  compiling"):
+        time.sleep(0.6)
+    frames = sys.stderr.getvalue()
+    assert frames.startswith("\r  compiling | 0 s\r  compiling / 0 s") and frames.endswith("\r\033[K")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: nothing
+    with demo._spinner("  compiling"):
+        time.sleep(0.3)
+    assert sys.stderr.getvalue() == ""

@@ -41,6 +41,7 @@ def test_json_parses_and_has_every_section(bare_machine, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["power"]["estimate"] and not any(s["found"] for s in report["sensors"])
     assert report["numba"]["version"] and report["numba"]["threading_layer"]["layer"]
+    assert report["numba"]["cache"]["state"] in ("warm", "partly warm", "stale", "cold")
     assert report["engines"]["numba"]["available"]
     assert set(report["engines"]) == {"numba", "ort"} and "export" in report
     assert report["to_fix"]

@@ -162,3 +162,51 @@ def test_readme_folder_table_matches_the_tree():
     for module in list((ROOT / "runtime").glob("*.py")) + list((ROOT / "edge_lbp" / "cli").glob("*.py")):
         if module.stem != "__init__":
             assert module.stem in named, f"{module} is not in the README's folder table"
+
+
+# Records every import of torch or onnxruntime that is attempted, found or not, and reports them at exit.
+RECORD_WORKSTATION_IMPORTS = textwrap.dedent("""
+    import atexit, importlib.abc, sys
+    attempted = []
+    class Record(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "onnxruntime"):
+                attempted.append(name)
+    sys.meta_path.insert(0, Record())
+    atexit.register(lambda: print("workstation imports:", sorted(set(attempted))))
+""")
+
+
+@pytest.mark.slow
+def test_demo_runs_on_a_device_only_install(tmp_path):
+    """The board's first command: `pip install .` without extras, then `edge-lbp demo`, with a cold Numba cache.
+    It adapts the packaged artifact to its accuracy line without importing (or trying to import) torch or
+    onnxruntime, says that it compiles the kernels, and leaves the cache warm for the next run."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    install = subprocess.run([python, "-m", "pip", "install", "-q", str(ROOT)], capture_output=True, text=True,
+                             env=env, timeout=1200)
+    assert install.returncode == 0, install.stderr[-3000:]
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
+
+    def cache_state():
+        doctor = subprocess.run([str(venv / "bin" / "edge-lbp"), "doctor", "--json"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert doctor.returncode == 0, doctor.stderr[-3000:]
+        return __import__("json").loads(doctor.stdout)["numba"]["cache"]
+
+    assert cache_state()["state"] == "cold"
+    code = RECORD_WORKSTATION_IMPORTS + "import sys; from edge_lbp.cli import main; sys.exit(main(sys.argv[1:]))"
+    demo = subprocess.run([python, "-c", code, "demo", "--epochs", "1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    print(demo.stdout)  # the measured run, for the record (pytest -s)
+    assert "workstation imports: []" in demo.stdout
+    assert re.search(r"accuracy after 1 epochs: [\d.]+% \(was [\d.]+%", demo.stdout), demo.stdout
+    assert "1,205,640 parameters, packaged" in demo.stdout
+    assert "kernels: compiling the Numba kernels for this machine (cold cache; only the first run" in demo.stdout
+    assert re.search(r"kernels: compiled \d+ Numba kernels in \d+ s; later runs reuse them", demo.stdout)
+    warm = cache_state()
+    assert warm["state"] == "partly warm" and warm["kernels"]["edge_lbp.wht_kernels.project_grid"] == "fresh"

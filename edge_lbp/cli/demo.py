@@ -1,23 +1,31 @@
 """``edge-lbp demo``: adapt the bundled pretrained ViT to a new task on this machine, and say what it cost.
 
-With no options everything comes from this package: the CIFAR-10 backbone in ``edge_lbp/assets`` is exported with
-LBP (needs the ``export`` extra), then adapted on the numba engine to a generated 8-class shapes-and-textures task.
-``--data`` adapts to the user's images instead; ``--artifact`` skips the export (on a board without torch).
+With no options everything comes from this package: the CIFAR-10 backbone in ``edge_lbp/assets``, already
+exported with LBP (``edge_lbp.packaged``), is adapted on the numba engine to a generated 8-class
+shapes-and-textures task, with no torch and no ONNX Runtime. Options that need another export (``--lbp``,
+``--block``, ``--data`` with another class count) export afresh with the ``export`` extra; ``--artifact`` adapts
+an artifact exported elsewhere.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
+import math
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-BACKBONE = "vit-c10"
+from edge_lbp import packaged
+
+BACKBONE = packaged.BACKBONE
 EPOCHS = 8
 BATCH = 32
-LR = 1e-3
 # The generated task's size: enough images to adapt well within the demo's 3-minute budget on 2 cores.
 TRAIN_PER_CLASS, VAL_PER_CLASS = 200, 50
 
@@ -45,23 +53,93 @@ def _class_count(path: Path) -> int:
     return len(classes)
 
 
+def _artifact(args, work: Path) -> Path:
+    """The packaged artifact when it is what the options ask for, else a fresh export (needs the export extra);
+    either way one line with the same figures, read from the artifact's manifest."""
+    classes = _class_count(Path(args.data)) if args.data else packaged.CLASSES
+    started = time.perf_counter()
+    if packaged.matches(classes, args.lbp, args.block):
+        artifact, how = packaged.assemble(work / "artifact"), "packaged"
+    else:
+        artifact, how = _export_backbone(work / "artifact", classes, args.lbp, args.block), "exported now"
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    rewritten = [r for r in manifest["lbp"]["layers"] if r["status"] == "rewritten"]
+    ratio = statistics.mean(r["flop_ratio"] for r in rewritten) if rewritten else 1.0
+    _say(f"  export: {BACKBONE} with --lbp {args.lbp} --block {args.block}: {len(rewritten)} linear layers "
+         f"rewritten (their backward products {ratio:.2f}x the FLOPs), {_parameter_count(artifact):,} parameters, "
+         f"{how}, {time.perf_counter() - started:.1f} s")
+    return artifact
+
+
+def _parameter_count(artifact: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(artifact / "params.safetensors"), "numpy") as tensors:
+        return sum(math.prod(tensors.get_slice(name).get_shape()) for name in tensors.keys())
+
+
 def _export_backbone(out_dir: Path, classes: int, lbp: str, block: int) -> Path:
     try:
         from edge_lbp.export.exporter import export_model
         from edge_lbp.export.models import load_pretrained
     except ImportError as err:
-        raise ValueError(f"the demo exports the bundled backbone, which needs the export extra "
-                         f"(pip install 'edge-lbp[export]'); on a board, pass --artifact DIR exported on a "
+        raise ValueError(f"the packaged {BACKBONE} artifact was exported for {packaged.describe()}; "
+                         f"{classes} classes, --lbp {lbp} --block {block} needs a new export, which needs the "
+                         f"export extra (pip install 'edge-lbp[export]'), or pass --artifact DIR exported on a "
                          f"workstation ({err})") from None
-    started = time.perf_counter()
-    report = export_model(load_pretrained(BACKBONE, num_classes=classes), out_dir, lbp=lbp, block=block,
-                          train="all", optimizer="adamw", lr=LR)
-    rewritten = [r for r in report.layers if r["status"] == "rewritten"]
-    ratio = statistics.mean(r["flop_ratio"] for r in rewritten) if rewritten else 1.0
-    _say(f"  export: {BACKBONE} with --lbp {lbp} --block {block}: {len(rewritten)} linear layers rewritten "
-         f"(their backward products {ratio:.2f}x the FLOPs), {report.total:,} parameters, "
-         f"{time.perf_counter() - started:.1f} s")
+    export_model(load_pretrained(BACKBONE, num_classes=classes), out_dir, lbp=lbp, block=block,
+                 **{k: v for k, v in packaged.SETTINGS.items() if k not in ("lbp", "block")})
     return out_dir
+
+
+@contextlib.contextmanager
+def _spinner(text: str):
+    """A spinner with the seconds elapsed on stderr while the block runs, only when stderr is a terminal (a log
+    file gets the lines before and after, not a stream of carriage returns)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    stop, started = threading.Event(), time.perf_counter()
+
+    def spin():
+        for frame in itertools.cycle("|/-\\"):
+            sys.stderr.write(f"\r{text} {frame} {time.perf_counter() - started:.0f} s")
+            sys.stderr.flush()
+            if stop.wait(0.25):
+                break
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _kernels(artifact: Path, threads) -> None:
+    """Compile the Numba kernels before the first measured step, and say so: on a first run this is the longest
+    wait of the demo (about a minute on a 2-core x86 VM, longer on a slower board), silent otherwise."""
+    from edge_lbp import kernel_cache
+
+    status = kernel_cache.status()
+    if status["state"] in ("cold", "stale"):
+        _say(f"  kernels: compiling the Numba kernels for this machine ({status['state']} cache; only the first "
+             f"run does this) ...")
+    started, wall = time.perf_counter(), time.time()
+    with _spinner("  compiling the Numba kernels"):
+        kernel_cache.warm_up(artifact, threads)
+    seconds = time.perf_counter() - started
+    # A kernel Numba compiled has its index file rewritten; one loaded from the cache is only read. The second of
+    # slack covers the file system's coarser clock.
+    compiled = kernel_cache.compiled_since(wall - 1)
+    if compiled:
+        _say(f"  kernels: compiled {compiled} Numba kernels in {seconds:.0f} s; later runs reuse them from the "
+             f"cache in {status['cache_dir']}")
+    else:
+        _say(f"  kernels: loaded from the Numba cache in {seconds:.1f} s ({status['cache_dir']})")
 
 
 def _datasets(args, work: Path, manifest):
@@ -96,11 +174,8 @@ def run(args) -> int:
         task = f"your data in {args.data}" if args.data else "a generated 8-class shapes-and-textures task"
         model = f"the artifact {args.artifact}" if args.artifact else f"the bundled {BACKBONE} (ViT, CIFAR-10)"
         _say(f"edge-lbp demo: adapting {model} to {task}")
-        if args.artifact:
-            artifact = Path(args.artifact)
-        else:
-            classes = _class_count(Path(args.data)) if args.data else 8
-            artifact = _export_backbone(work / "artifact", classes, args.lbp, args.block)
+        artifact = Path(args.artifact) if args.artifact else _artifact(args, work)
+        _kernels(artifact, args.threads)
         trainer = Trainer(artifact, schedule="cosine", warmup_steps=10, threads=args.threads, seed=args.seed)
         train, val = _datasets(args, work, trainer.manifest)
         _say(f"  data: {len(train)} training / {len(val)} validation images, {len(train.classes)} classes"

@@ -57,9 +57,11 @@ def _numba_section(to_fix: List[str]) -> dict:
     import numba
 
     cache_dir = os.environ.get("NUMBA_CACHE_DIR") or str(numba.config.CACHE_DIR or "")
+    from edge_lbp import kernel_cache
+
     section = {"version": numba.__version__, "threads": numba.config.NUMBA_NUM_THREADS,
                "threading_layer": _threading_layer(), "cache_dir": cache_dir or None,
-               "cache_writable": bool(cache_dir) and _writable(Path(cache_dir))}
+               "cache_writable": bool(cache_dir) and _writable(Path(cache_dir)), "cache": kernel_cache.status()}
     if section["threading_layer"]["error"]:
         to_fix.append(f"Numba's parallel kernels do not start ({section['threading_layer']['error']}): "
                       "pip install tbb, or install the system's OpenMP runtime (libgomp)")
@@ -127,6 +129,18 @@ def _yes(flag: bool, yes: str = "yes", no: str = "no") -> str:
     return yes if flag else no
 
 
+def _cache_state(cache: dict, version: str, numba: str) -> str:
+    total = cache["fresh"] + cache["stale"] + cache["absent"]
+    compiled = f"{cache['fresh']} of {total} kernels compiled for edge_lbp {version} and Numba {numba}"
+    return {"warm": f"warm: {compiled}",
+            "partly warm": f"warm for the models run so far: {compiled} (the others compile when a model first "
+                           "needs them)",
+            "stale": f"stale: {cache['stale']} cached kernels were compiled from other sources or another Numba; "
+                     "the next run recompiles them",
+            "cold": "cold: nothing compiled yet; the first run compiles the kernels (about a minute on a 2-core x86 "
+                    "VM, longer on a slower board), later runs load them"}[cache["state"]]
+
+
 def format_report(report: dict) -> str:
     """The report as aligned lines, then the to-fix list."""
     board, cores, power, numba = report["board"], report["cores"], report["power"], report["numba"]
@@ -153,6 +167,7 @@ def format_report(report: dict) -> str:
         ("numba", f"{numba['version']}, {numba['threads']} threads, threading layer "
                   f"{layer['layer'] or 'unavailable (' + str(layer['error']) + ')'}"),
         ("numba cache", f"{numba['cache_dir']} ({_yes(numba['cache_writable'], 'writable', 'NOT writable')})"),
+        ("kernels", _cache_state(numba["cache"], report["edge_lbp"], numba["version"])),
         ("OMP_WAIT_POLICY", str(report["omp_wait_policy"])),
         ("BLAS", blas),
         ("engines", engines),
