@@ -1,7 +1,8 @@
 """``export_model``: a model -> an artifact folder (forward ONNX -> ORT artifacts -> LBP rewrite -> folder).
 
-The model is a ``torch.nn.Module``, a preset name of ``edge_lbp.export.models.PRESETS``, a ``.onnx`` file, or
-``"package.module:factory"`` (the factory is called with ``num_classes=`` when one is given). Every input error is
+The model is a ``torch.nn.Module`` (its first output is the logits: a Hugging Face classifier is taken as it
+is), a preset name of ``edge_lbp.export.models.PRESETS``, a ``.onnx`` file, ``"package.module:factory"`` (the
+factory is called with ``num_classes=`` when one is given), or ``"hf:PATH"``, a Hugging Face checkpoint folder. Every input error is
 a one-line ``ValueError`` (``GradientError`` when ONNX Runtime cannot differentiate a node) or
 ``FileNotFoundError``, so the CLI can print it as is.
 """
@@ -9,6 +10,7 @@ a one-line ``ValueError`` (``GradientError`` when ONNX Runtime cannot differenti
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -131,10 +133,13 @@ def load_model(model, *, input_shape=None, num_classes=None):
         return _from_module(model, f"{type(model).__module__}.{type(model).__qualname__}", "module",
                             input_shape, num_classes)
     text = os.fspath(model)
-    from edge_lbp.export import models
+    from edge_lbp.export import hf, models
 
     if text in models.PRESETS:
         return _from_preset(text, input_shape, num_classes)
+    if text.startswith(hf.PREFIX):
+        return _from_module(hf.load_checkpoint(text[len(hf.PREFIX):], num_classes), text, "hf", input_shape,
+                            num_classes)
     if _FACTORY.fullmatch(text):
         return _from_module(_call_factory(text, num_classes), text, "factory", input_shape, num_classes)
     if Path(text).is_file():
@@ -142,7 +147,7 @@ def load_model(model, *, input_shape=None, num_classes=None):
     if text.endswith(".onnx"):
         raise FileNotFoundError(f"{text}: no such file")
     raise ValueError(f"unknown model {text!r}: not a preset ({', '.join(models.PRESETS)}), "
-                     "a .onnx file, or package.module:factory")
+                     "a .onnx file, package.module:factory, or hf:PATH")
 
 
 def _from_preset(name, input_shape, num_classes):
@@ -171,7 +176,13 @@ def _call_factory(spec, num_classes):
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load factory {spec!r}: {exc}") from None
-    module = factory() if num_classes is None else factory(num_classes=num_classes)
+    arguments = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        inspect.signature(factory).bind(**arguments)
+    except TypeError as exc:  # checked before the call, so a TypeError raised inside the factory is not masked
+        given = "--num-classes" if arguments else "no arguments"
+        raise ValueError(f"factory {spec!r} cannot be called with {given}: {exc}") from None
+    module = factory(**arguments)
     if not isinstance(module, torch.nn.Module):
         raise ValueError(f"factory {spec!r} returned {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -180,13 +191,20 @@ def _call_factory(spec, num_classes):
 def _from_module(module, source, kind, input_shape, num_classes):
     from edge_lbp.export import onnx_export
 
+    from edge_lbp.export.hf import input_shape as config_input_shape
+
     config = getattr(module, "config", None)
     if input_shape is None and config is not None:
-        input_shape = (config.in_chans, config.img_size, config.img_size)
+        input_shape = config_input_shape(config)
     if input_shape is None:
         raise ValueError(f"input shape of {source} is unknown; give it as C,H,W (--input-shape)")
     forward = onnx_export.export_forward(module, tuple(input_shape))
-    return forward, _record(forward, source, kind, input_shape, num_classes, getattr(config, "family", None))
+    return forward, _record(forward, source, kind, input_shape, num_classes, _family(config))
+
+
+def _family(config):
+    """The presets' family, or a Hugging Face ``model_type`` (vit, deit, swin)."""
+    return getattr(config, "family", None) or getattr(config, "model_type", None)
 
 
 def _from_onnx(path, input_shape, num_classes):

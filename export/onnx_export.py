@@ -20,6 +20,8 @@ OPSET = 17
 def export_forward(module, input_shape, *, opset=OPSET):
     """Trace ``module`` on a (batch=2, *input_shape) input and return the forward ModelProto, graph passes applied.
 
+    The module's first output is the logits (see ``first_output_only``).
+
     The batch dimension is dynamic ("batch"); the graph is exported in training mode with no constant folding, so
     parameters stay initializers (trainable) and training-mode ops (BatchNormalization) keep their training form.
     """
@@ -45,7 +47,7 @@ def export_forward(module, input_shape, *, opset=OPSET):
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
     module.train(was_training)
-    return prepare_forward(onnx.load_from_string(buf.getvalue()))
+    return prepare_forward(first_output_only(onnx.load_from_string(buf.getvalue())))
 
 
 def load_onnx(path):
@@ -57,6 +59,20 @@ def load_onnx(path):
     if not model.graph.node:
         raise ValueError(f"{path}: not an ONNX model (no graph nodes)")
     return prepare_forward(model)
+
+
+def first_output_only(model):
+    """Keep the first output, the logits, and what it needs.
+
+    The exporter flattens what ``forward`` returns: a Hugging Face ``ImageClassifierOutput`` becomes its non-None
+    fields (``logits`` first), a tuple its items, and DeiT's distilled output ``logits`` (the mean of the two
+    heads) then ``cls_logits`` and ``distillation_logits``. Training needs one output for its loss.
+    """
+    from edge_lbp.runtime.passes import prune_to_outputs
+
+    if len(model.graph.output) == 1:
+        return model
+    return prune_to_outputs(model, [model.graph.output[0].name])
 
 
 def prepare_forward(model):

@@ -124,7 +124,8 @@ def _add_export(commands) -> None:
         description="Export a model to an artifact folder for on-device training (workstation only: needs the "
                     "'export' extra).")
     cmd.add_argument("model", metavar="MODEL",
-                     help="a .onnx file, a built-in preset (e.g. vit-tiny), or package.module:factory")
+                     help="a .onnx file, a built-in preset (e.g. vit-tiny), package.module:factory, or "
+                          "hf:PATH (a Hugging Face checkpoint folder)")
     cmd.add_argument("-o", "--out", required=True, metavar="DIR", help="artifact folder to write")
     cmd.add_argument("--lbp", default=defaults.SELECTION, metavar="SPEC",
                      help="none | full | lp-tri:<o>, then optional ',<weight pattern>=<spec>' overrides "
@@ -134,7 +135,7 @@ def _add_export(commands) -> None:
     cmd.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     cmd.add_argument("--lr", type=float, default=1e-3, metavar="X", help="learning rate (default: %(default)s)")
     cmd.add_argument("--input-shape", metavar="C,H,W", help="input image shape (default: the model's own)")
-    cmd.add_argument("--num-classes", type=int, metavar="N", help="number of classes (presets and factories)")
+    cmd.add_argument("--num-classes", type=int, metavar="N", help="number of classes (presets, factories, hf:PATH)")
     cmd.add_argument("--grid", metavar="HxW", help="token grid of the rewritten layers (default: inferred)")
     cmd.add_argument("--extra-tokens", type=int, metavar="E", help="tokens before the grid (CLS, distillation)")
     cmd.add_argument("--block", type=int, default=defaults.BLOCK, metavar="K",
