@@ -2,8 +2,8 @@
 
 The model is a ``torch.nn.Module`` (its first output is the logits: a Hugging Face classifier is taken as it
 is), a preset name of ``edge_lbp.export.models.PRESETS``, a ``.onnx`` file, ``"package.module:factory"`` (the
-factory is called with ``num_classes=`` when one is given), or ``"hf:PATH"``, a Hugging Face checkpoint folder. Every input error is
-a one-line ``ValueError`` (``GradientError`` when ONNX Runtime cannot differentiate a node) or
+factory is called with ``num_classes=`` when one is given), or ``"hf:PATH"``, a Hugging Face checkpoint folder.
+Every input error is a one-line ``ValueError`` (``GradientError`` when ONNX Runtime cannot differentiate a node) or
 ``FileNotFoundError``, so the CLI can print it as is.
 """
 

@@ -18,3 +18,8 @@ class TinyMixer(nn.Module):
 
 def tiny_mixer(num_classes=10):
     return TinyMixer(num_classes)
+
+
+def fixed_classes():
+    """A factory with no num_classes parameter: ``--num-classes`` cannot reach it."""
+    return TinyMixer(3)
