@@ -13,6 +13,7 @@ import importlib
 import inspect
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -98,13 +99,15 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
     if extra_tokens is not None and grid is None:
         raise ValueError("--extra-tokens only applies with --grid (the grid they precede)")
     say(f"forward ONNX from {_describe(model)}")
-    forward, source = load_model(model, input_shape=input_shape, num_classes=num_classes)
+    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes)
     input_shape = source["input_shape"]
     mean_std = _normalization(normalization, input_shape[0])
     with tempfile.TemporaryDirectory(prefix="edge_lbp_export_") as tmp:
         say(f"ORT training artifacts (train {train}, {optimizer})")
         with _native_stderr_silenced():
             result = training.generate_training_artifacts(forward, tmp, trainable=train, optimizer=optimizer)
+            if eval_forward is not None:
+                _replace_eval_graph(eval_forward, tmp, train, optimizer)
         say(f"LBP rewrite ({lbp})")
         rewritten, table = apply_lbp(onnx.load(result["training_model.onnx"]), forward, input_shape, config)
         say(f"writing {out_dir}")
@@ -120,13 +123,22 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
                   manifest=manifest)
 
 
+def _replace_eval_graph(eval_forward, ort_dir, train, optimizer):
+    """The eval graph from the eval-mode export: ORT derives it from the training-mode forward, where drop-path
+    would draw random numbers at every evaluation. Parameter names are the same in both exports."""
+    with tempfile.TemporaryDirectory(prefix="edge_lbp_eval_") as tmp:
+        training.generate_training_artifacts(eval_forward, tmp, trainable=train, optimizer=optimizer)
+        shutil.copyfile(Path(tmp) / "eval_model.onnx", Path(ort_dir) / "eval_model.onnx")
+
+
 def _describe(model):
     return model if isinstance(model, (str, os.PathLike)) else type(model).__name__
 
 
 def load_model(model, *, input_shape=None, num_classes=None):
-    """(forward ModelProto, source record) for any accepted ``model``; the record names the source, its kind, the
-    input shape (C, H, W) and the number of classes."""
+    """(forward ModelProto, source record, eval-mode forward or None) for any accepted ``model``; the record names
+    the source, its kind, the input shape (C, H, W) and the number of classes. The eval-mode forward is there
+    when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``)."""
     import torch
 
     if isinstance(model, torch.nn.Module):
@@ -199,7 +211,10 @@ def _from_module(module, source, kind, input_shape, num_classes):
     if input_shape is None:
         raise ValueError(f"input shape of {source} is unknown; give it as C,H,W (--input-shape)")
     forward = onnx_export.export_forward(module, tuple(input_shape))
-    return forward, _record(forward, source, kind, input_shape, num_classes, _family(config))
+    eval_forward = None
+    if onnx_export.draws_random(forward):
+        eval_forward = onnx_export.export_forward(module, tuple(input_shape), training=False)
+    return forward, _record(forward, source, kind, input_shape, num_classes, _family(config)), eval_forward
 
 
 def _family(config):
@@ -224,7 +239,7 @@ def _from_onnx(path, input_shape, num_classes):
         if have is not None and have != want:
             raise ValueError(f"{path}: input {image.name!r} is {_shape_text(static)}, not {_shape_text(input_shape)}")
         dim.dim_value = want  # fixes dynamic spatial dims to the given shape; the batch stays dynamic
-    return forward, _record(forward, str(path), "onnx", input_shape, num_classes, None)
+    return forward, _record(forward, str(path), "onnx", input_shape, num_classes, None), None
 
 
 def _single_input(forward, path):

@@ -120,10 +120,18 @@ def test_checkpoint_folder_exports_offline(tmp_path):
     assert params["classifier.weight"].shape == (7, VIT["hidden_size"])
 
 
-def test_drop_path_draws_from_the_session_seed(tmp_path):
-    """Swin with drop-path and dropout on: the numba engine repeats a run from its seed, another seed differs."""
-    export_model(build("swin", drop_path_rate=0.5, hidden_dropout_prob=0.2), tmp_path / "art", lbp="lp-tri:4")
+def test_drop_path_trains_from_the_session_seed_and_evaluates_without_it(tmp_path):
+    """Swin with drop-path and dropout on: the numba engine repeats a run from its seed, another seed differs;
+    evaluation draws nothing (the eval graph comes from the eval-mode export) and equals torch in eval mode."""
+    model = build("swin", drop_path_rate=0.5, hidden_dropout_prob=0.2)
+    export_model(model, tmp_path / "art", lbp="lp-tri:4")
     rng = np.random.default_rng(4)
+    probe = rng.standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(probe)).logits.numpy()
+    for engine in ("numba", "ort"):
+        session = runtime.load(tmp_path / "art", engine)
+        np.testing.assert_allclose(session.eval_step(probe), want, rtol=1e-4, atol=1e-5, err_msg=engine)
     batches = [(rng.standard_normal((4, 3, SIDE, SIDE)).astype(np.float32), rng.integers(0, CLASSES, 4))
                for _ in range(3)]
 
