@@ -204,12 +204,14 @@ def _from_module(module, source, kind, input_shape, num_classes):
     from edge_lbp.export import onnx_export
 
     from edge_lbp.export.hf import input_shape as config_input_shape
+    from edge_lbp.export.mha import replace_multihead_attention
 
     config = getattr(module, "config", None)
     if input_shape is None and config is not None:
         input_shape = config_input_shape(config)
     if input_shape is None:
         raise ValueError(f"input shape of {source} is unknown; give it as C,H,W (--input-shape)")
+    module, _ = replace_multihead_attention(module)  # ORT cannot differentiate nn.MultiheadAttention's export
     forward = onnx_export.export_forward(module, tuple(input_shape))
     eval_forward = None
     if onnx_export.draws_random(forward):
