@@ -101,7 +101,12 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
     say(f"forward ONNX from {_describe(model)}")
     forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes)
     input_shape = source["input_shape"]
-    mean_std = _normalization(normalization, input_shape[0])
+    if len(input_shape) == 2 and config.grid is None:
+        raise ValueError(f"{source['source']}: the input is a token sequence (batch, {input_shape[0]}, "
+                         f"{input_shape[1]}); give its grid with --grid HxW --extra-tokens E")
+    # Images are normalised per channel; a token input is fed as it is (mean 0, std 1 per feature).
+    mean_std = (_normalization(normalization, input_shape[0]) if len(input_shape) == 3 else
+                _normalization(normalization or ([0.0] * input_shape[1], [1.0] * input_shape[1]), input_shape[1]))
     with tempfile.TemporaryDirectory(prefix="edge_lbp_export_") as tmp:
         say(f"ORT training artifacts (train {train}, {optimizer})")
         with _native_stderr_silenced():
@@ -225,14 +230,21 @@ def _family(config):
 
 
 def _from_onnx(path, input_shape, num_classes):
+    """An image input (batch, C, H, W), or a token input (batch, N, C) whose grid ``--grid`` gives."""
     from edge_lbp.export import onnx_export
 
     forward = onnx_export.load_onnx(path)
     image = _single_input(forward, path)
     dims = image.type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise ValueError(f"{path}: input {image.name!r} has rank {len(dims)}; expected (batch, C, H, W)")
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims[1:]]
+    if len(dims) == 3:
+        if None in static or input_shape is not None:
+            raise ValueError(f"{path}: token input {image.name!r} is (batch, {_shape_text(static)}); it needs fixed "
+                             "N and C in the file (--input-shape is for images)")
+        return forward, _record(forward, str(path), "onnx", static, num_classes, None), None
+    if len(dims) != 4:
+        raise ValueError(f"{path}: input {image.name!r} has rank {len(dims)}; expected (batch, C, H, W) or a token "
+                         "input (batch, N, C) with --grid")
     if input_shape is None:
         if None in static:
             raise ValueError(f"{path}: input {image.name!r} has dynamic dims; give the shape as C,H,W (--input-shape)")
