@@ -21,6 +21,7 @@ from onnx import helper
 from edge_lbp import ops
 from edge_lbp.ops import STANDARD_DOMAINS
 
+STANDARD_DOMAIN = ""  # how the registry spells ai.onnx
 Factory = Callable[[dict, onnx.NodeProto], Callable[..., tuple]]
 _KERNELS: Dict[Tuple[str, str], Factory] = {}
 _RANDOM = set()  # the keys of factories that take the graph's random stream
@@ -30,7 +31,7 @@ OPSETS = {"": range(13, 19), ops.MICROSOFT: range(1, 2), ops.DOMAIN: range(ops.O
 
 
 def _domain(domain: str) -> str:
-    return "" if domain in STANDARD_DOMAINS else domain
+    return STANDARD_DOMAIN if domain in STANDARD_DOMAINS else domain
 
 
 def register(op_type: str, domain: str = "", random: bool = False):

@@ -1,5 +1,5 @@
 """The ``edge-lbp`` command line: the parser here, one module per command (``demo``, ``export``, ``train`` with
-``eval``, ``profile``, ``doctor``), each with a ``run(args)``.
+``eval``, ``profile``, ``doctor``, ``ops``), each with a ``run(args)``.
 
 A command's module is imported only when that command runs, so ``edge-lbp --help`` stays fast and the device
 path never imports torch or onnxruntime. Every error reaches the user as one ``edge-lbp: error:`` line.
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(commands)
     _add_profile(commands)
     _add_doctor(commands)
+    _add_ops(commands)
     return parser
 
 
@@ -116,6 +117,11 @@ def _add_doctor(commands) -> None:
     cmd = commands.add_parser("doctor", help="what this machine offers: board, cores, sensors, Numba, engines")
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     cmd.set_defaults(run=_lazy("doctor"))
+
+
+def _add_ops(commands) -> None:
+    cmd = commands.add_parser("ops", help="the ONNX ops the device engine runs (from its kernel registry)")
+    cmd.set_defaults(run=_lazy("ops"))
 
 
 def _add_export(commands) -> None:
