@@ -42,9 +42,9 @@ class Trainer:
     linear warm-up updates; ``total_steps``: the cosine's length (default: what ``fit`` will run);
     ``accumulate``: micro-batches per update, the update using their mean gradient; ``clip_norm``: scale the
     (mean) gradient down to this global L2 norm when above it (numba engine); ``seed``: data order and
-    augmentation in ``fit``; ``max_rejected``: a step whose loss or gradients are not finite is rejected before
-    the optimizer runs (a :class:`DivergenceWarning`), and after this many in a row the run stops with a
-    :class:`DivergenceError`.
+    augmentation in ``fit``, and the numba engine's Dropout and drop-path draws; ``max_rejected``: a step whose
+    loss or gradients are not finite is rejected before the optimizer runs (a :class:`DivergenceWarning`), and
+    after this many in a row the run stops with a :class:`DivergenceError`.
     """
 
     def __init__(self, artifact_dir, *, engine: str = "auto", threads=None, lr=None, schedule: str = "constant",
@@ -60,7 +60,7 @@ class Trainer:
                 raise ValueError(f"{name} must be a positive finite number; got {value}")
         import edge_lbp.runtime as runtime
 
-        self.session = runtime.load(artifact_dir, engine, threads=threads)
+        self.session = runtime.load(artifact_dir, engine, threads=threads, seed=seed)
         if clip_norm is not None and not self.session.capabilities.gradients:
             raise ValueError(f"clip_norm needs the numba engine: the {self.session.engine} engine keeps its "
                              "gradients inside ONNX Runtime, out of reach for scaling")

@@ -1,16 +1,19 @@
 """``export_model``: a model -> an artifact folder (forward ONNX -> ORT artifacts -> LBP rewrite -> folder).
 
-The model is a ``torch.nn.Module``, a preset name of ``edge_lbp.export.models.PRESETS``, a ``.onnx`` file, or
-``"package.module:factory"`` (the factory is called with ``num_classes=`` when one is given). Every input error is
-a one-line ``ValueError`` (``GradientError`` when ONNX Runtime cannot differentiate a node) or
+The model is a ``torch.nn.Module`` (its first output is the logits: a Hugging Face classifier is taken as it
+is), a preset name of ``edge_lbp.export.models.PRESETS``, a ``.onnx`` file, ``"package.module:factory"`` (the
+factory is called with ``num_classes=`` when one is given), or ``"hf:PATH"``, a Hugging Face checkpoint folder.
+Every input error is a one-line ``ValueError`` (``GradientError`` when ONNX Runtime cannot differentiate a node) or
 ``FileNotFoundError``, so the CLI can print it as is.
 """
 
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -96,13 +99,20 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
     if extra_tokens is not None and grid is None:
         raise ValueError("--extra-tokens only applies with --grid (the grid they precede)")
     say(f"forward ONNX from {_describe(model)}")
-    forward, source = load_model(model, input_shape=input_shape, num_classes=num_classes)
+    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes)
     input_shape = source["input_shape"]
-    mean_std = _normalization(normalization, input_shape[0])
+    if len(input_shape) == 2 and config.grid is None:
+        raise ValueError(f"{source['source']}: the input is a token sequence (batch, {input_shape[0]}, "
+                         f"{input_shape[1]}); give its grid with --grid HxW --extra-tokens E")
+    # Images are normalised per channel; a token input is fed as it is (mean 0, std 1 per feature).
+    mean_std = (_normalization(normalization, input_shape[0]) if len(input_shape) == 3 else
+                _normalization(normalization or ([0.0] * input_shape[1], [1.0] * input_shape[1]), input_shape[1]))
     with tempfile.TemporaryDirectory(prefix="edge_lbp_export_") as tmp:
         say(f"ORT training artifacts (train {train}, {optimizer})")
         with _native_stderr_silenced():
             result = training.generate_training_artifacts(forward, tmp, trainable=train, optimizer=optimizer)
+            if eval_forward is not None:
+                _replace_eval_graph(eval_forward, tmp, train, optimizer)
         say(f"LBP rewrite ({lbp})")
         rewritten, table = apply_lbp(onnx.load(result["training_model.onnx"]), forward, input_shape, config)
         say(f"writing {out_dir}")
@@ -118,23 +128,35 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
                   manifest=manifest)
 
 
+def _replace_eval_graph(eval_forward, ort_dir, train, optimizer):
+    """The eval graph from the eval-mode export: ORT derives it from the training-mode forward, where drop-path
+    would draw random numbers at every evaluation. Parameter names are the same in both exports."""
+    with tempfile.TemporaryDirectory(prefix="edge_lbp_eval_") as tmp:
+        training.generate_training_artifacts(eval_forward, tmp, trainable=train, optimizer=optimizer)
+        shutil.copyfile(Path(tmp) / "eval_model.onnx", Path(ort_dir) / "eval_model.onnx")
+
+
 def _describe(model):
     return model if isinstance(model, (str, os.PathLike)) else type(model).__name__
 
 
 def load_model(model, *, input_shape=None, num_classes=None):
-    """(forward ModelProto, source record) for any accepted ``model``; the record names the source, its kind, the
-    input shape (C, H, W) and the number of classes."""
+    """(forward ModelProto, source record, eval-mode forward or None) for any accepted ``model``; the record names
+    the source, its kind, the input shape (C, H, W) and the number of classes. The eval-mode forward is there
+    when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``)."""
     import torch
 
     if isinstance(model, torch.nn.Module):
         return _from_module(model, f"{type(model).__module__}.{type(model).__qualname__}", "module",
                             input_shape, num_classes)
     text = os.fspath(model)
-    from edge_lbp.export import models
+    from edge_lbp.export import hf, models
 
     if text in models.PRESETS:
         return _from_preset(text, input_shape, num_classes)
+    if text.startswith(hf.PREFIX):
+        return _from_module(hf.load_checkpoint(text[len(hf.PREFIX):], num_classes), text, "hf", input_shape,
+                            num_classes)
     if _FACTORY.fullmatch(text):
         return _from_module(_call_factory(text, num_classes), text, "factory", input_shape, num_classes)
     if Path(text).is_file():
@@ -142,7 +164,7 @@ def load_model(model, *, input_shape=None, num_classes=None):
     if text.endswith(".onnx"):
         raise FileNotFoundError(f"{text}: no such file")
     raise ValueError(f"unknown model {text!r}: not a preset ({', '.join(models.PRESETS)}), "
-                     "a .onnx file, or package.module:factory")
+                     "a .onnx file, package.module:factory, or hf:PATH")
 
 
 def _from_preset(name, input_shape, num_classes):
@@ -171,7 +193,13 @@ def _call_factory(spec, num_classes):
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load factory {spec!r}: {exc}") from None
-    module = factory() if num_classes is None else factory(num_classes=num_classes)
+    arguments = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        inspect.signature(factory).bind(**arguments)
+    except TypeError as exc:  # checked before the call, so a TypeError raised inside the factory is not masked
+        given = "--num-classes" if arguments else "no arguments"
+        raise ValueError(f"factory {spec!r} cannot be called with {given}: {exc}") from None
+    module = factory(**arguments)
     if not isinstance(module, torch.nn.Module):
         raise ValueError(f"factory {spec!r} returned {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -180,24 +208,43 @@ def _call_factory(spec, num_classes):
 def _from_module(module, source, kind, input_shape, num_classes):
     from edge_lbp.export import onnx_export
 
+    from edge_lbp.export.hf import input_shape as config_input_shape
+    from edge_lbp.export.mha import replace_multihead_attention
+
     config = getattr(module, "config", None)
     if input_shape is None and config is not None:
-        input_shape = (config.in_chans, config.img_size, config.img_size)
+        input_shape = config_input_shape(config)
     if input_shape is None:
         raise ValueError(f"input shape of {source} is unknown; give it as C,H,W (--input-shape)")
+    module, _ = replace_multihead_attention(module)  # ORT cannot differentiate nn.MultiheadAttention's export
     forward = onnx_export.export_forward(module, tuple(input_shape))
-    return forward, _record(forward, source, kind, input_shape, num_classes, getattr(config, "family", None))
+    eval_forward = None
+    if onnx_export.draws_random(forward):
+        eval_forward = onnx_export.export_forward(module, tuple(input_shape), training=False)
+    return forward, _record(forward, source, kind, input_shape, num_classes, _family(config)), eval_forward
+
+
+def _family(config):
+    """The presets' family, or a Hugging Face ``model_type`` (vit, deit, swin)."""
+    return getattr(config, "family", None) or getattr(config, "model_type", None)
 
 
 def _from_onnx(path, input_shape, num_classes):
+    """An image input (batch, C, H, W), or a token input (batch, N, C) whose grid ``--grid`` gives."""
     from edge_lbp.export import onnx_export
 
     forward = onnx_export.load_onnx(path)
     image = _single_input(forward, path)
     dims = image.type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise ValueError(f"{path}: input {image.name!r} has rank {len(dims)}; expected (batch, C, H, W)")
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims[1:]]
+    if len(dims) == 3:
+        if None in static or input_shape is not None:
+            raise ValueError(f"{path}: token input {image.name!r} is (batch, {_shape_text(static)}); it needs fixed "
+                             "N and C in the file (--input-shape is for images)")
+        return forward, _record(forward, str(path), "onnx", static, num_classes, None), None
+    if len(dims) != 4:
+        raise ValueError(f"{path}: input {image.name!r} has rank {len(dims)}; expected (batch, C, H, W) or a token "
+                         "input (batch, N, C) with --grid")
     if input_shape is None:
         if None in static:
             raise ValueError(f"{path}: input {image.name!r} has dynamic dims; give the shape as C,H,W (--input-shape)")
@@ -206,7 +253,7 @@ def _from_onnx(path, input_shape, num_classes):
         if have is not None and have != want:
             raise ValueError(f"{path}: input {image.name!r} is {_shape_text(static)}, not {_shape_text(input_shape)}")
         dim.dim_value = want  # fixes dynamic spatial dims to the given shape; the batch stays dynamic
-    return forward, _record(forward, str(path), "onnx", input_shape, num_classes, None)
+    return forward, _record(forward, str(path), "onnx", input_shape, num_classes, None), None
 
 
 def _single_input(forward, path):

@@ -307,5 +307,8 @@ def apply_lbp(training_model, forward_model, input_shape, config: LbpConfig):
     missing = [l.activation for l in layers if l.activation not in shapes]
     if missing:
         raise ValueError(f"activations {missing} of the training graph are not in the forward graph")
-    table, projectors = plan_layers(layers, shapes, tuple(input_shape[-2:]), config)
+    # An image's (H, W) bounds the grids a token count can come from; a token input's (N, C) says nothing about
+    # them, so its given grid stands in (a layer on a merged grid then finds its divisions of it).
+    image_hw = config.grid if len(input_shape) == 2 else tuple(input_shape[-2:])
+    table, projectors = plan_layers(layers, shapes, image_hw, config)
     return rewrite(training_model, layers, projectors, config.grad_padding), table

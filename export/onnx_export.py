@@ -15,10 +15,16 @@ from edge_lbp.ops import MAX_IR_VERSION
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 17
+# Ops that draw random numbers: a training-mode export keeps them (drop-path), and evaluation must not draw.
+RANDOM_OPS = ("RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli", "Multinomial")
 
 
-def export_forward(module, input_shape, *, opset=OPSET):
+def export_forward(module, input_shape, *, opset=OPSET, training=True):
     """Trace ``module`` on a (batch=2, *input_shape) input and return the forward ModelProto, graph passes applied.
+
+    The module's first output is the logits (see ``first_output_only``). ``training=False`` exports the module
+    in eval mode instead (no dropout, no drop-path): the source of the eval graph when the training-mode graph
+    draws random numbers (``draws_random``).
 
     The batch dimension is dynamic ("batch"); the graph is exported in training mode with no constant folding, so
     parameters stay initializers (trainable) and training-mode ops (BatchNormalization) keep their training form.
@@ -38,14 +44,19 @@ def export_forward(module, input_shape, *, opset=OPSET):
             buf,
             dynamo=False,
             opset_version=opset,
-            training=torch.onnx.TrainingMode.TRAINING,
+            training=torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL,
             do_constant_folding=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
     module.train(was_training)
-    return prepare_forward(onnx.load_from_string(buf.getvalue()))
+    return prepare_forward(first_output_only(onnx.load_from_string(buf.getvalue())))
+
+
+def draws_random(model):
+    """Whether the graph has a node of ``RANDOM_OPS``."""
+    return any(node.op_type in RANDOM_OPS for node in model.graph.node)
 
 
 def load_onnx(path):
@@ -57,6 +68,20 @@ def load_onnx(path):
     if not model.graph.node:
         raise ValueError(f"{path}: not an ONNX model (no graph nodes)")
     return prepare_forward(model)
+
+
+def first_output_only(model):
+    """Keep the first output, the logits, and what it needs.
+
+    The exporter flattens what ``forward`` returns: a Hugging Face ``ImageClassifierOutput`` becomes its non-None
+    fields (``logits`` first), a tuple its items, and DeiT's distilled output ``logits`` (the mean of the two
+    heads) then ``cls_logits`` and ``distillation_logits``. Training needs one output for its loss.
+    """
+    from edge_lbp.runtime.passes import prune_to_outputs
+
+    if len(model.graph.output) == 1:
+        return model
+    return prune_to_outputs(model, [model.graph.output[0].name])
 
 
 def prepare_forward(model):

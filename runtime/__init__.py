@@ -15,8 +15,9 @@ ENGINES = ("numba", "ort")
 AUTO = "auto"  # the device engine, numba
 
 
-def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True):
-    """Open an artifact folder with the chosen engine; ``threads`` caps Numba and BLAS together (default: all cores)."""
+def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True, seed: int = 0):
+    """Open an artifact folder with the chosen engine; ``threads`` caps Numba and BLAS together (default: all cores);
+    ``seed``: what Dropout and drop-path draw from (numba engine; ``Session.seed``)."""
     if engine == AUTO:
         engine = "numba"
     if engine not in ENGINES:
@@ -28,10 +29,10 @@ def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True)
     if engine == "numba":
         from edge_lbp.runtime.numba_session import NumbaSession
 
-        return NumbaSession(artifact)
+        return NumbaSession(artifact, seed)
     from edge_lbp.runtime.ort_session import OrtSession
 
-    return OrtSession(artifact)
+    return OrtSession(artifact, seed)
 
 
 def __getattr__(name):

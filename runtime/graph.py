@@ -98,11 +98,15 @@ class LiveBytes:
 class Graph:
     """A loaded graph. ``feeds`` names the inputs a caller must give; ``constants`` holds the initializers."""
 
-    def __init__(self, model: onnx.ModelProto, *, name: str = "graph"):
+    def __init__(self, model: onnx.ModelProto, *, name: str = "graph", random=None):
+        """``random``: the ``kernels.stochastic.RandomStream`` the graph's random kernels draw from (default: one
+        seeded with 0)."""
         import edge_lbp.runtime.kernels  # noqa: F401  (registers every kernel)
+        from edge_lbp.runtime.kernels.stochastic import RandomStream
 
         graph = model.graph
         self.name = name
+        self.random = random if random is not None else RandomStream(0)
         self.constants: Dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.feeds = [vi.name for vi in graph.input if vi.name not in self.constants]
         # Declared input shapes (None for a symbolic dimension), to check what a caller binds before a step runs.
@@ -115,12 +119,11 @@ class Graph:
         steps, problems, no_kernel = [], registry.opset_problems(model) + _check_types(graph), {}
         for node in graph.node:
             op = f"{node.domain or 'ai.onnx'}::{node.op_type}"
-            factory = registry.lookup(node.domain, node.op_type)
-            if factory is None:
+            if registry.lookup(node.domain, node.op_type) is None:
                 no_kernel.setdefault(op, []).append(node.name or "(unnamed)")
                 continue
             try:
-                steps.append((node, factory(registry.attributes(node), node)))
+                steps.append((node, registry.build(node, self.random)))
             except ValueError as err:
                 problems.append(f"node {node.name} ({op}): {err}")
         for op, nodes in sorted(no_kernel.items()):

@@ -8,10 +8,12 @@ import numpy as np
 from edge_lbp import ops
 from edge_lbp.runtime.artifact import Artifact, ArtifactError, model_input
 from edge_lbp.runtime.graph import Graph, LiveBytes, mismatched_shapes
+from edge_lbp.runtime.kernels.stochastic import RandomStream
 from edge_lbp.runtime.passes import fold_transpose_into_gemm
 from edge_lbp.runtime.session import Capabilities, Inputs, Session, Unsupported
 
 # Ops ORT's gradient builder adds outside the ``<node>_Grad/`` names: loss gradient and gradient accumulation.
+_TRAINING, _EVAL = 0, 1  # random-stream keys: a training pass and an evaluation never share draws
 _BACKWARD_OPS = ("SoftmaxCrossEntropyLossGrad", "InPlaceAccumulatorV2", *ops.GRAD_OPS)
 
 
@@ -35,13 +37,15 @@ class NumbaSession(Session):
     capabilities = Capabilities(gradients=True, optimizer_state=True, forward_end_hook=True, node_trace=True,
                                 memory_estimate=True)
 
-    def __init__(self, artifact: Artifact):
-        super().__init__(artifact)
+    def __init__(self, artifact: Artifact, seed: int = 0):
+        super().__init__(artifact, seed)
         self.params = artifact.parameters()
         self.trainable = artifact.trainable
         self.grads = {p: np.zeros_like(self.params[p]) for p in self.trainable}
-        self.training = Graph(fold_transpose_into_gemm(artifact.graph("training")), name="training graph")
-        self.eval = Graph(artifact.inference_graph(), name="eval graph")
+        self.random = RandomStream(self.seed)
+        self.training = Graph(fold_transpose_into_gemm(artifact.graph("training")), name="training graph",
+                              random=self.random)
+        self.eval = Graph(artifact.inference_graph(), name="eval graph", random=self.random)
         self.optimizer = Graph(artifact.graph("optimizer"), name="optimizer graph")
         wrong = mismatched_shapes(self.training, self.params) + mismatched_shapes(self.eval, self.params)
         if wrong:
@@ -50,6 +54,7 @@ class NumbaSession(Session):
         moments = [f for f in self.optimizer.feeds if f.endswith("_order_moments")]
         self.moments = {m: [np.zeros_like(self.params[p]) for p in self.trainable] for m in moments}
         self.step = 0
+        self._passes = 0  # forward_backward calls since the last optimizer step (gradient accumulation)
         phases = [backward_phase(step.name, step.op_type) for step in self.training.steps]
         self._phases = dict(zip((step.name for step in self.training.steps), phases))
         self._backward_start = _backward_start(phases)
@@ -60,6 +65,9 @@ class NumbaSession(Session):
         feeds.update({self.artifact.labels: self._labels(labels, self._batch(feeds)), **self.params,
                       "lazy_reset_grad": np.array([not accumulate])})
         feeds.update((f"{p}_grad.accumulation.buffer", g) for p, g in self.grads.items())
+        # Dropout and drop-path draw from (seed, step, pass): reproducible, and the same after a resume.
+        self.random.reseed(self.seed, _TRAINING, self.step, self._passes)
+        self._passes += 1
         spans = [] if trace is not None else None
         hooks = ({self._backward_start: on_forward_end}
                  if on_forward_end is not None and self._backward_start is not None else None)
@@ -78,10 +86,12 @@ class NumbaSession(Session):
             **self.moments,
         }, trace=spans)
         self.step += 1
+        self._passes = 0
         if trace is not None:
             trace.extend(("optimizer", op, name, t0, t1) for op, name, t0, t1 in spans)
 
     def eval_step(self, inputs: Inputs) -> np.ndarray:
+        self.random.reseed(self.seed, _EVAL, self.step)
         return self.eval.run({**self._feeds(inputs), **self.params})[0]
 
     def parameters(self) -> Dict[str, np.ndarray]:

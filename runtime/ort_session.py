@@ -22,8 +22,8 @@ class OrtSession(Session):
     capabilities = Capabilities(gradients=False, optimizer_state=False, forward_end_hook=False, node_trace=False,
                                 memory_estimate=False)
 
-    def __init__(self, artifact: Artifact):
-        super().__init__(artifact)
+    def __init__(self, artifact: Artifact, seed: int = 0):
+        super().__init__(artifact, seed)  # recorded only: ONNX Runtime's Dropout draws from its own generator
         try:  # only this engine needs ONNX Runtime; the numba engine (the device path) never imports it
             ort = importlib.import_module("onnxruntime")
             api = importlib.import_module("onnxruntime.training.api")

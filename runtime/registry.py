@@ -10,7 +10,8 @@ node belongs in the factory, so the per-step call does array work and nothing el
         return lambda x: (_softmax(x, axis),)
 
 The callable takes the node's inputs in order (``None`` for an omitted optional input) and returns a tuple with
-one entry per node output.
+one entry per node output. A factory registered with ``random=True`` also takes ``stream=``, the graph's
+``kernels.stochastic.RandomStream`` it draws from.
 """
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -20,23 +21,27 @@ from onnx import helper
 from edge_lbp import ops
 from edge_lbp.ops import STANDARD_DOMAINS
 
+STANDARD_DOMAIN = ""  # how the registry spells ai.onnx
 Factory = Callable[[dict, onnx.NodeProto], Callable[..., tuple]]
 _KERNELS: Dict[Tuple[str, str], Factory] = {}
+_RANDOM = set()  # the keys of factories that take the graph's random stream
 # The opset versions whose semantics the kernels implement, per domain: axes as inputs (Squeeze, Unsqueeze,
 # ReduceSum) from 13; Split's num_outputs and ReduceMean's axes input from 18 (both forms are handled).
 OPSETS = {"": range(13, 19), ops.MICROSOFT: range(1, 2), ops.DOMAIN: range(ops.OPSET, ops.OPSET + 1)}
 
 
 def _domain(domain: str) -> str:
-    return "" if domain in STANDARD_DOMAINS else domain
+    return STANDARD_DOMAIN if domain in STANDARD_DOMAINS else domain
 
 
-def register(op_type: str, domain: str = ""):
+def register(op_type: str, domain: str = "", random: bool = False):
     def add(factory: Factory) -> Factory:
         key = (_domain(domain), op_type)
         if key in _KERNELS:
             raise RuntimeError(f"two kernels registered for {domain or 'ai.onnx'}::{op_type}")
         _KERNELS[key] = factory
+        if random:
+            _RANDOM.add(key)
         return factory
 
     return add
@@ -44,6 +49,19 @@ def register(op_type: str, domain: str = ""):
 
 def lookup(domain: str, op_type: str) -> Optional[Factory]:
     return _KERNELS.get((_domain(domain), op_type))
+
+
+def build(node: onnx.NodeProto, stream=None) -> Callable[..., tuple]:
+    """The node's kernel; ``stream`` is the random stream handed to the factories registered ``random=True``."""
+    factory = _KERNELS[(_domain(node.domain), node.op_type)]
+    if (_domain(node.domain), node.op_type) in _RANDOM:
+        return factory(attributes(node), node, stream=stream)
+    return factory(attributes(node), node)
+
+
+def supported() -> List[Tuple[str, str]]:
+    """Every registered ``(domain, op_type)``, sorted, the standard domain spelled ``ai.onnx``."""
+    return sorted((domain or "ai.onnx", op) for domain, op in _KERNELS)
 
 
 def opset_problems(model: onnx.ModelProto) -> List[str]:

@@ -47,8 +47,10 @@ class Session:
     capabilities = Capabilities(gradients=False, optimizer_state=False, forward_end_hook=False, node_trace=False,
                                 memory_estimate=False)
 
-    def __init__(self, artifact: Artifact):
+    def __init__(self, artifact: Artifact, seed: int = 0):
         self.artifact = artifact
+        # What training-mode randomness (Dropout, drop-path) draws from, where the engine controls it (numba).
+        self.seed = int(seed)
         self.lr = float(artifact.manifest.get("optimizer", {}).get("lr", 1e-3))
 
     def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace: Optional[list] = None,

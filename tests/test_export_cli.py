@@ -130,9 +130,13 @@ def _hardswish_onnx(path):
     (lambda d: ["no_such_module_xyz:make"], ["no_such_module_xyz:make"]),
     (lambda d: ["factory_models:tiny_mixer"], ["input shape", "--input-shape"]),
     (lambda d: [_hardswish_onnx(d / "hs.onnx"), "--num-classes", "4"], ["3 classes, not 4"]),
+    (lambda d: ["factory_models:fixed_classes", "--num-classes", "4", "--input-shape", "3,8,8"],
+     ["'factory_models:fixed_classes' cannot be called with --num-classes", "num_classes"]),
+    (lambda d: [f"hf:{d}"], ["hf:/", "no config.json"]),
+    (lambda d: [(d / "config.json").write_text("{}") and f"hf:{d}"], ["no model.safetensors", "pickled"]),
 ], ids=["not-onnx", "no-gradient", "grid-5x5-e0", "grid-5x5", "missing-file", "unknown-model", "bad-lbp",
         "bad-train", "short-shape", "non-square", "zero-lr", "extra-no-grid", "no-module", "factory-no-shape",
-        "class-mismatch"])
+        "class-mismatch", "factory-signature", "hf-no-config", "hf-no-weights"])
 def test_bad_inputs_end_with_one_error_line(capsys, tmp_path, monkeypatch, make_args, fragments):
     monkeypatch.syspath_prepend(str(TESTS))
     args = make_args(tmp_path)

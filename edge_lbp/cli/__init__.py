@@ -1,5 +1,5 @@
 """The ``edge-lbp`` command line: the parser here, one module per command (``demo``, ``export``, ``train`` with
-``eval``, ``profile``, ``doctor``, ``fleet``), each with a ``run(args)``.
+``eval``, ``profile``, ``doctor``, ``fleet``, ``ops``), each with a ``run(args)``.
 
 A command's module is imported only when that command runs, so ``edge-lbp --help`` stays fast and the device
 path never imports torch or onnxruntime. Every error reaches the user as one ``edge-lbp: error:`` line.
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(commands)
     _add_doctor(commands)
     _add_fleet(commands)
+    _add_ops(commands)
     return parser
 
 
@@ -150,13 +151,19 @@ def _add_doctor(commands) -> None:
     cmd.set_defaults(run=_lazy("doctor"))
 
 
+def _add_ops(commands) -> None:
+    cmd = commands.add_parser("ops", help="the ONNX ops the device engine runs (from its kernel registry)")
+    cmd.set_defaults(run=_lazy("ops"))
+
+
 def _add_export(commands) -> None:
     cmd = commands.add_parser(
         "export", help="model -> artifact folder (ONNX training graphs with LBP-WHT, parameters, manifest)",
         description="Export a model to an artifact folder for on-device training (workstation only: needs the "
                     "'export' extra).")
     cmd.add_argument("model", metavar="MODEL",
-                     help="a .onnx file, a built-in preset (e.g. vit-tiny), or package.module:factory")
+                     help="a .onnx file, a built-in preset (e.g. vit-tiny), package.module:factory, or "
+                          "hf:PATH (a Hugging Face checkpoint folder)")
     cmd.add_argument("-o", "--out", required=True, metavar="DIR", help="artifact folder to write")
     cmd.add_argument("--lbp", default=defaults.SELECTION, metavar="SPEC",
                      help="none | full | lp-tri:<o>, then optional ',<weight pattern>=<spec>' overrides "
@@ -166,7 +173,7 @@ def _add_export(commands) -> None:
     cmd.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     cmd.add_argument("--lr", type=_positive, default=1e-3, metavar="X", help="learning rate (default: %(default)s)")
     cmd.add_argument("--input-shape", metavar="C,H,W", help="input image shape (default: the model's own)")
-    cmd.add_argument("--num-classes", type=int, metavar="N", help="number of classes (presets and factories)")
+    cmd.add_argument("--num-classes", type=int, metavar="N", help="number of classes (presets, factories, hf:PATH)")
     cmd.add_argument("--grid", metavar="HxW", help="token grid of the rewritten layers (default: inferred)")
     cmd.add_argument("--extra-tokens", type=int, metavar="E", help="tokens before the grid (CLS, distillation)")
     cmd.add_argument("--block", type=_count, default=defaults.BLOCK, metavar="K",

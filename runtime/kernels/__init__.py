@@ -8,4 +8,5 @@ from edge_lbp.runtime.kernels import (  # noqa: F401
     norm,
     optimizer,
     shape,
+    stochastic,
 )

@@ -29,6 +29,8 @@ _ELEMENTWISE = {
     "Div": _divide,
     "Pow": _power,
     "Equal": np.equal,
+    "GreaterOrEqual": np.greater_equal,
+    "Floor": np.floor,
     "Neg": np.negative,
     "Sqrt": np.sqrt,
     "Not": np.logical_not,
@@ -45,6 +47,23 @@ def _elementwise(fn):
 
 for _op, _fn in _ELEMENTWISE.items():
     register(_op)(_elementwise(_fn))
+
+
+@register("Mod")
+def mod(attrs, node):
+    fmod = attrs.get("fmod", 0)
+    if fmod not in (0, 1):
+        raise ValueError(f"{node.name}: Mod fmod={fmod!r} must be 0 or 1")
+    # fmod=0 is Python's % (the result has the divisor's sign; ONNX allows it for integers only), fmod=1 is C's
+    # fmod (the dividend's sign). ORT's integer Mod by zero is undefined; numpy returns 0 and warns.
+    fn = np.fmod if fmod else np.mod
+
+    def run(a, b):
+        if not fmod and a.dtype.kind == "f":
+            raise ValueError(f"{node.name}: Mod of floating-point inputs needs fmod=1")
+        return (np.asarray(fn(a, b)),)
+
+    return run
 
 
 @register("Sum")

@@ -96,6 +96,64 @@ def slice_(attrs, node):
     return run
 
 
+@register("SliceGrad", MS)
+def slice_grad(attrs, node):
+    """Inputs (dY, shape of the Slice input, starts, ends, axes, steps) -> dX: zeros with dY at the sliced positions."""
+
+    def run(dy, shape, starts, ends, axes=None, steps=None):
+        dims = tuple(_ints(shape))
+        axes = range(len(starts)) if axes is None else [a + len(dims) if a < 0 else a for a in _ints(axes)]
+        steps = [1] * len(starts) if steps is None else _ints(steps)
+        index = [slice(None)] * len(dims)
+        for s, e, a, st in zip(_ints(starts), _ints(ends), axes, steps):
+            index[a] = _slice(s, e, st, dims[a])
+        dx = np.zeros(dims, dtype=dy.dtype)
+        dx[tuple(index)] = dy
+        return (dx,)
+
+    return run
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge"}
+
+
+@register("Pad")
+def pad(attrs, node):
+    mode = attrs.get("mode", "constant")
+    if mode not in _PAD_MODES:
+        raise ValueError(f"{node.name}: Pad mode {mode!r} is not supported ({', '.join(_PAD_MODES)})")
+
+    def run(x, pads, value=None, axes=None):
+        axes = range(x.ndim) if axes is None else [a + x.ndim if a < 0 else a for a in _ints(axes)]
+        pads, count = _ints(pads), len(axes)
+        if len(pads) != 2 * count:
+            raise ValueError(f"{node.name}: Pad has {len(pads)} pads for {count} axes")
+        # Negative pads crop (ORT's Pad gradient is a Pad with the negated pads): crop first, then pad.
+        crop, widths = [slice(None)] * x.ndim, [(0, 0)] * x.ndim
+        for i, a in enumerate(axes):
+            begin, end = pads[i], pads[i + count]
+            crop[a] = slice(max(-begin, 0), x.shape[a] - max(-end, 0))
+            widths[a] = (max(begin, 0), max(end, 0))
+        x = x[tuple(crop)]
+        if mode == "constant":
+            fill = 0 if value is None or value.size == 0 else value.reshape(-1)[0]
+            return (np.pad(x, widths, mode="constant", constant_values=fill),)
+        return (np.pad(x, widths, mode=_PAD_MODES[mode]),)
+
+    return run
+
+
+@register("Range")
+def range_(attrs, node):
+    def run(start, limit, delta):
+        # ONNX's element count max(ceil((limit - start) / delta), 0), computed in the inputs' dtype like ORT.
+        start, limit, delta = start.reshape(()), limit.reshape(()), delta.reshape(())
+        count = max(int(np.ceil((limit - start) / delta)), 0)
+        return ((start + np.arange(count, dtype=start.dtype) * delta).astype(start.dtype),)
+
+    return run
+
+
 @register("Squeeze")
 def squeeze(attrs, node):
     return lambda x, axes=None: (np.squeeze(x, axis=None if axes is None else tuple(_ints(axes))),)
@@ -239,6 +297,12 @@ def _reduction(fn):
         return run
 
     return factory
+
+
+@register("GlobalAveragePool")
+def global_average_pool(attrs, node):
+    # The mean over every spatial axis (2 onwards) of (N, C, ...), which stay as dimensions of size 1.
+    return lambda x: (np.asarray(x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=x.dtype)),)
 
 
 register("ReduceSum")(_reduction(np.sum))

@@ -1,0 +1,23 @@
+"""``edge-lbp ops``: the ops the numba engine runs, generated from the kernel registry (the README's op table is
+this command's output; a test keeps the two equal)."""
+from edge_lbp.runtime import registry
+
+
+def table() -> str:
+    """A Markdown table: one row per domain, with the opset versions the kernels implement and the ops."""
+    import edge_lbp.runtime.kernels  # noqa: F401  (registers every kernel)
+
+    by_domain = {}
+    for domain, op in registry.supported():
+        by_domain.setdefault(domain, []).append(op)
+    lines = ["| domain | opsets | ops |", "|---|---|---|"]
+    for domain, ops in by_domain.items():
+        versions = registry.OPSETS[registry.STANDARD_DOMAIN if domain == "ai.onnx" else domain]
+        span = f"{versions.start}" if len(versions) == 1 else f"{versions.start}–{versions.stop - 1}"
+        lines.append(f"| {domain} | {span} | {', '.join(f'`{op}`' for op in ops)} ({len(ops)}) |")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    print(table())
+    return 0

@@ -1,0 +1,135 @@
+"""Hugging Face image classifiers (tiny random configurations) as users bring them: the model object, a
+``save_pretrained`` folder as ``hf:PATH``; the numba engine against ONNX Runtime on the exported artifacts."""
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime.training", reason="the export extra is not installed")
+transformers = pytest.importorskip("transformers", reason="transformers (a test dependency) is not installed")
+import torch  # noqa: E402
+
+import edge_lbp.runtime as runtime  # noqa: E402
+from edge_lbp.export.exporter import export_model  # noqa: E402
+from engine_check import assert_parameters_match, rel as _rel  # noqa: E402
+
+SIDE, CLASSES = 32, 5
+# No dropout and no drop-path: the engines draw different random streams, so they are compared where nothing
+# is random (the randomness itself is tested in test_kernels_random.py and below).
+VIT = dict(image_size=SIDE, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+           intermediate_size=64, num_labels=CLASSES)
+SWIN = dict(image_size=SIDE, patch_size=2, embed_dim=16, depths=[2, 1], num_heads=[1, 2], window_size=4,
+            num_labels=CLASSES, drop_path_rate=0.0)
+MODELS = {
+    "vit": (transformers.ViTConfig, transformers.ViTForImageClassification, VIT),
+    "deit-distilled": (transformers.DeiTConfig, transformers.DeiTForImageClassificationWithTeacher, VIT),
+    "swin": (transformers.SwinConfig, transformers.SwinForImageClassification, SWIN),
+}
+# The token geometry each model's rewritten layers must get: (grid, extra tokens) -> layer count.
+GEOMETRY = {
+    "vit": {((8, 8), 1): 12},  # CLS + 8x8 patches; 2 layers x (q, k, v, o, fc1, fc2)
+    "deit-distilled": {((8, 8), 2): 12},  # CLS + distillation token
+    # q, k, v, o of the 3 blocks on 4x4 attention windows; the MLPs on their stage's grid (2 blocks on 16x16,
+    # 1 on 8x8); the patch merging's reduction on the merged 8x8 grid.
+    "swin": {((4, 4), 0): 12, ((16, 16), 0): 4, ((8, 8), 0): 3},
+}
+
+
+def build(name, attn="sdpa", **changes):
+    config_class, model_class, options = MODELS[name]
+    torch.manual_seed(0)
+    return model_class(config_class(**{**options, **changes}, attn_implementation=attn))
+
+
+def _engines_agree(folder):
+    numba, ort = runtime.load(folder, "numba"), runtime.load(folder, "ort")
+    initial = numba.parameters()
+    rng = np.random.default_rng(0)
+    probe = rng.standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
+    assert _rel(numba.eval_step(probe), ort.eval_step(probe)) < 1e-5
+    for _ in range(5):
+        x = rng.standard_normal((3, 3, SIDE, SIDE)).astype(np.float32)
+        y = rng.integers(0, CLASSES, 3)
+        assert numba.train_step(x, y) == pytest.approx(ort.train_step(x, y), rel=1e-4)
+    assert_parameters_match(numba.parameters(), ort.parameters(), initial)
+    assert _rel(numba.eval_step(probe), ort.eval_step(probe)) < 1e-4
+
+
+@pytest.mark.parametrize("lbp", ["lp-tri:4", "none"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_hf_classifier_trains_on_numba_as_on_ort(tmp_path, name, lbp):
+    report = export_model(build(name), tmp_path / "art", lbp=lbp, lr=0.01)
+    assert report.manifest["model"]["num_classes"] == CLASSES
+    assert report.manifest["model"]["family"] == name.split("-")[0]
+    rewritten = [r for r in report.layers if r["status"] == "rewritten"]
+    if lbp == "none":
+        assert not rewritten
+    else:
+        geometry = {}
+        for r in rewritten:
+            key = (tuple(r["grid"]), r["extra_tokens"])
+            geometry[key] = geometry.get(key, 0) + 1
+        assert geometry == GEOMETRY[name]
+    _engines_agree(tmp_path / "art")
+
+
+def test_eager_attention_exports_the_same_function(tmp_path):
+    """attn_implementation="eager" and the default (sdpa) export graphs with the same logits and training."""
+    sdpa = export_model(build("vit"), tmp_path / "sdpa", lbp="lp-tri:4")
+    eager = export_model(build("vit", attn="eager"), tmp_path / "eager", lbp="lp-tri:4")
+    assert [r["grid"] for r in sdpa.layers] == [r["grid"] for r in eager.layers]
+    x = np.random.default_rng(1).standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
+    a, b = runtime.load(tmp_path / "sdpa", "numba"), runtime.load(tmp_path / "eager", "numba")
+    assert _rel(a.eval_step(x), b.eval_step(x)) < 1e-5
+    _engines_agree(tmp_path / "eager")
+
+
+def test_distilled_deit_logits_are_the_mean_of_its_heads(tmp_path):
+    model = build("deit-distilled").eval()
+    export_model(model, tmp_path / "art", lbp="none")
+    x = np.random.default_rng(2).standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    np.testing.assert_allclose(out.logits.numpy(), (out.cls_logits + out.distillation_logits).numpy() / 2, rtol=1e-6)
+    np.testing.assert_allclose(runtime.load(tmp_path / "art", "numba").eval_step(x), out.logits.numpy(),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_folder_exports_offline(tmp_path):
+    """``hf:PATH`` loads config.json + model.safetensors; --num-classes puts a new head on the same backbone."""
+    model = build("vit").eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    report = export_model(f"hf:{tmp_path / 'ckpt'}", tmp_path / "art", lbp="lp-tri:4")
+    assert report.manifest["model"]["kind"] == "hf" and report.manifest["model"]["num_classes"] == CLASSES
+    x = np.random.default_rng(3).standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).logits.numpy()
+    np.testing.assert_allclose(runtime.load(tmp_path / "art", "numba").eval_step(x), want, rtol=1e-4, atol=1e-5)
+    relabelled = export_model(f"hf:{tmp_path / 'ckpt'}", tmp_path / "art7", lbp="none", num_classes=7)
+    assert relabelled.manifest["model"]["num_classes"] == 7
+    params = runtime.load(tmp_path / "art7", "numba").parameters()
+    np.testing.assert_array_equal(params["vit.embeddings.cls_token"], model.vit.embeddings.cls_token.detach().numpy())
+    assert params["classifier.weight"].shape == (7, VIT["hidden_size"])
+
+
+def test_drop_path_trains_from_the_session_seed_and_evaluates_without_it(tmp_path):
+    """Swin with drop-path and dropout on: the numba engine repeats a run from its seed, another seed differs;
+    evaluation draws nothing (the eval graph comes from the eval-mode export) and equals torch in eval mode."""
+    model = build("swin", drop_path_rate=0.5, hidden_dropout_prob=0.2)
+    export_model(model, tmp_path / "art", lbp="lp-tri:4")
+    rng = np.random.default_rng(4)
+    probe = rng.standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(probe)).logits.numpy()
+    for engine in ("numba", "ort"):
+        session = runtime.load(tmp_path / "art", engine)
+        np.testing.assert_allclose(session.eval_step(probe), want, rtol=1e-4, atol=1e-5, err_msg=engine)
+    batches = [(rng.standard_normal((4, 3, SIDE, SIDE)).astype(np.float32), rng.integers(0, CLASSES, 4))
+               for _ in range(3)]
+
+    def losses(seed):
+        session = runtime.load(tmp_path / "art", "numba", seed=seed)
+        return [session.train_step(x, y) for x, y in batches]
+
+    first = losses(1)
+    assert first == losses(1)
+    assert first != losses(2)
