@@ -16,6 +16,8 @@ from subprocess_guard import BLOCK_WORKSTATION
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
+    pytest.importorskip("torch", reason="the export extra is not installed (this artifact is exported here)")
+    pytest.importorskip("onnxruntime.training", reason="the export extra is not installed (exported here)")
     from edge_lbp.export.exporter import export_model
 
     folder = tmp_path_factory.mktemp("demo") / "artifact"
@@ -96,6 +98,8 @@ def test_default_demo_adapts_the_bundled_backbone(tmp_path):
 
 
 def test_demo_adapts_the_bundled_backbone_to_a_users_image_folder(tmp_path, capsys):
+    pytest.importorskip("torch", reason="the export extra is not installed (the demo exports the backbone)")
+    pytest.importorskip("onnxruntime.training", reason="the export extra is not installed (the demo exports)")
     from PIL import Image
 
     from edge_lbp.synthetic import draw

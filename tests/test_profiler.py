@@ -20,6 +20,8 @@ CPUFREQ = "sys/devices/system/cpu/cpu{}/cpufreq/scaling_cur_freq"
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
+    pytest.importorskip("torch", reason="the export extra is not installed (this artifact is exported here)")
+    pytest.importorskip("onnxruntime.training", reason="the export extra is not installed (exported here)")
     folder = tmp_path_factory.mktemp("vit-tiny")
     export_model("vit-tiny", folder)
     return folder
