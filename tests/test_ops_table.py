@@ -14,8 +14,11 @@ def test_cli_prints_every_registered_op(capsys):
     assert cli.main(["ops"]) == 0
     out = capsys.readouterr().out
     rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines()[2:]}
+    engine = {"ai.onnx" if d == registry.STANDARD_DOMAIN else d for d in registry.OPSETS}
     for domain, op in registry.supported():
-        assert f"`{op}`" in rows[domain], (domain, op)
+        if domain in engine:  # other tests register kernels of their own domains
+            assert f"`{op}`" in rows[domain], (domain, op)
+    assert set(rows) == engine
     assert rows["ai.onnx"].startswith("| ai.onnx | 13–18 |")
 
 
