@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import edge_lbp.trainer  # noqa: F401  (edge_lbp before torch: see test_checkpoint.py)
+from edge_lbp.checkpoint import LOCK
 from edge_lbp.data import open_dataset
 from edge_lbp.fleet import partition
 from edge_lbp.trainer import Trainer
@@ -164,7 +165,9 @@ def test_local_deployment_learns_survives_a_killed_node_and_saves_whole_models(a
     expected = aggregate_arrayrecords(replies, "num-examples")
     resumed = Trainer.resume(out / "round-1", artifact, threads=1)
     saved = resumed.session.parameters()
-    assert all(np.array_equal(saved[n], expected[n].numpy()) for n in expected.keys())
+    differ = {n: float(np.abs(saved[n] - expected[n].numpy()).max()) for n in expected.keys()
+              if not np.array_equal(saved[n], expected[n].numpy())}
+    assert not differ, f"round 1's global model is not FedAvg of the boards alone: max |difference| {differ}"
     # The last global model: a checkpoint the Trainer resumes, and an ONNX file with the same accuracy.
     final = Trainer.resume(out / "round-2", artifact, threads=1)
     val = open_dataset(data, final.manifest, split="val", classes=final.classes)
@@ -172,7 +175,8 @@ def test_local_deployment_learns_survives_a_killed_node_and_saves_whole_models(a
     import onnx
 
     onnx.checker.check_model(onnx.load(str(out / "round-2" / "model.onnx")))
-    assert not list(out.glob("round-*/.*")), "a temporary file was left in a round folder"
+    # The writer lock stays by design (removing it would race with the next writer); nothing else hidden may.
+    assert not [p for p in out.glob("round-*/.*") if p.name != LOCK], "a temporary file was left in a round folder"
     time.sleep(1)
     assert not [p.pid for p in seen.values() if p.is_running()], "Flower processes left running"
 
