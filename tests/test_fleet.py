@@ -1,8 +1,10 @@
 """The fleet: a ClientApp reply equals the Trainer alone bit for bit, and a real local Flower deployment (SuperLink
 and 3 SuperNodes on 127.0.0.1) improves the global model, survives a SuperNode killed mid-round, saves whole
 global models and leaves no process behind."""
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -202,3 +204,45 @@ def test_ctrl_c_stops_every_flower_process(artifact, data, tmp_path):
     assert status == 130, "\n".join(lines)
     assert len(seen) >= 6, seen  # SuperLink, its SuperExec, 2 SuperNodes and theirs, at least: all were tracked
     assert not [p.pid for p in seen.values() if p.is_running()], "Flower processes left running"
+
+
+def _wait_for_listener(process, port, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the SuperLink exited at start with status {process.returncode}"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listened on port {port} within {seconds} s")
+
+
+@pytest.mark.slow
+def test_real_deployment_commands_run_from_a_venv_that_is_not_activated(artifact, data, tmp_path):
+    """`fleet superlink`, two `fleet supernode`s and `fleet run`, as the README's real deployment starts them, with
+    only the system's folders on PATH (Flower starts its helper processes by name)."""
+    from edge_lbp.fleet.local import free_port
+
+    env = dict(os.environ, PATH="/usr/bin:/bin", HOME=str(tmp_path))  # `fleet run` keeps its Flower home in ~
+    fleet = [sys.executable, "-m", "edge_lbp", "fleet"]
+    link, pieces = free_port(), []
+    try:
+        pieces.append(subprocess.Popen([*fleet, "superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link)],
+                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_for_listener(pieces[0], link)
+        for _ in range(2):
+            pieces.append(subprocess.Popen([*fleet, "supernode", "--superlink", f"127.0.0.1:{link}", "--insecure",
+                                            "--artifact", str(artifact), "--data", str(data), "--threads", "1",
+                                            "--port", str(free_port())],
+                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        out = tmp_path / "fleet"
+        run = subprocess.run([*fleet, "run", str(artifact), "--superlink", f"127.0.0.1:{link}", "--insecure",
+                              "--val", str(data), "--rounds", "1", "--min-nodes", "2", "--out", str(out)],
+                             env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        for piece in pieces:
+            _kill_tree(psutil.Process(piece.pid))
+    report = run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, report
+    assert re.search(r"round 1/1: global val accuracy [\d.]+ .*; 2 boards trained", run.stdout), report
+    assert (out / "round-1" / "checkpoint.json").is_file() and (out / "round-1" / "model.onnx").is_file()

@@ -99,5 +99,7 @@ def _tls(args, *, server: bool) -> list:
 
 
 def _exec(command) -> int:
+    from edge_lbp.fleet.local import flower_env
+
     print(" ".join(command), file=sys.stderr, flush=True)
-    os.execv(command[0], command)  # Flower's process replaces this one: signals and exit status are its own
+    os.execve(command[0], command, flower_env())  # Flower's process replaces this one: its signals, its exit status

@@ -55,6 +55,13 @@ def flower_executable(name: str) -> str:
     return str(path)
 
 
+def flower_env(**extra) -> dict:
+    """This environment with its own bin folder first on PATH: Flower starts ``flower-superexec`` and the app
+    processes by name, which fails when edge_lbp runs from a venv that is not activated."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return dict(os.environ, PATH=path, **extra)
+
+
 def write_flower_home(home: Path, address: str, root_certificates=None) -> Path:
     """A Flower home folder (``$FLWR_HOME``) whose default SuperLink connection, ``fleet``, is ``address``:
     ``flwr run`` reads its SuperLink from there, and the user's own ``~/.flwr`` stays untouched."""
@@ -87,8 +94,7 @@ class LocalFleet:
         self.processes = {}  # role -> Popen of the processes started here
         self.known = {}  # pid -> psutil.Process of everything started here or by them (checked by create time)
         self.restarted = 0
-        self.env = dict(os.environ, FLWR_HOME=str(self.out / "flwr-home"), PYTHONUNBUFFERED="1",
-                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        self.env = flower_env(FLWR_HOME=str(self.out / "flwr-home"), PYTHONUNBUFFERED="1")
 
     def run(self, on_line) -> None:
         """Run the deployment; ``on_line(text)`` gets each line of the ServerApp's round report. Raises
