@@ -55,7 +55,7 @@ def _artifact_line(out):
     return re.search(r"  export: (.*), (packaged|exported now), [\d.]+ s\n", out).groups()
 
 
-def test_packaged_and_fresh_export_print_the_same_report(monkeypatch, capsys):
+def test_packaged_and_fresh_export_print_the_same_report(monkeypatch, capsys, export_extra):
     _small_task(monkeypatch)
     assert main(["demo", "--epochs", "1", "--threads", "1"]) == 0
     packaged_out = capsys.readouterr().out

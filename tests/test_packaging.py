@@ -72,13 +72,14 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_test_command():
 
 @pytest.mark.slow
 def test_core_install_alone_runs_the_device_path(tmp_path):
-    """A real venv with `pip install .` and no extras: the device path imports and torch is not there."""
+    """A real venv with `pip install .` and no extras (pytest beside it): the device path imports, torch is not
+    there, and the fast suite passes with what needs the workstation side or Flower skipped, each with its reason."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    install = subprocess.run([python, "-m", "pip", "install", "-q", str(ROOT)], capture_output=True, text=True,
-                             env=env, timeout=1200)
+    install = subprocess.run([python, "-m", "pip", "install", "-q", str(ROOT), "pytest"], capture_output=True,
+                             text=True, env=env, timeout=1200)
     assert install.returncode == 0, install.stderr[-3000:]
     result = _python(DEVICE_IMPORTS + textwrap.dedent("""
         import importlib.util as u
@@ -87,6 +88,11 @@ def test_core_install_alone_runs_the_device_path(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "loaded: [] (3, 4)" in result.stdout
     assert "absent: ['torch', 'onnxruntime']" in result.stdout
+    suite = subprocess.run([python, "-m", "pytest", str(ROOT / "tests"), "-m", "not slow", "-q", "-p",
+                            "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                           env=dict(env, NUMBA_CACHE_DIR=str(tmp_path / "numba")))
+    assert suite.returncode == 0, suite.stdout[-5000:]
+    assert re.search(r"\d+ passed", suite.stdout.splitlines()[-1]), suite.stdout[-2000:]
 
 
 def _readme_python_examples():
