@@ -51,7 +51,8 @@ def export_forward(module, input_shape, *, opset=OPSET, training=True):
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
     module.train(was_training)
-    return prepare_forward(first_output_only(onnx.load_from_string(buf.getvalue())))
+    forward = onnx.load_from_string(buf.getvalue())
+    return prepare_forward(first_output_only(train_mode_dropout(forward) if training else forward))
 
 
 def draws_random(model):
@@ -106,6 +107,38 @@ def add_layernorm_stat_outputs(model):
         for idx, suffix in ((1, "Mean"), (2, "InvStdDev")):
             if not node.output[idx]:  # an empty name is how ONNX spells an omitted optional output
                 node.output[idx] = f"{stem}_{suffix}"
+    return out
+
+
+def train_mode_dropout(model):
+    """Give every Dropout without a training_mode input training_mode=true and its mask output.
+
+    torch's export of ``scaled_dot_product_attention`` with ``dropout_p > 0`` (the default attention of timm and
+    Hugging Face models, in training mode) writes ``Dropout(x, ratio)`` alone, in torch 2.13 and 2.14: ONNX runs
+    that as the identity (training_mode defaults to false), and ORT's gradient builder fails on the missing mask
+    ("GradientBuilderBase::O(size_t, bool) const i < node_->OutputDefs().size() was false"). For a training-mode
+    export only, where the module dropped what the node then drops; ORT's eval graph clears training_mode again.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for i, original in enumerate(model.graph.node):
+        node = onnx.NodeProto()
+        node.CopyFrom(original)
+        if node.op_type == "Dropout" and node.domain in ("", "ai.onnx") and (len(node.input) < 3 or not node.input[2]):
+            stem = node.name or f"Dropout_{i}"
+            flag = onnx.helper.make_node("Constant", [], [f"{stem}_training_mode"], name=f"{stem}_training_mode",
+                                         value=onnx.helper.make_tensor("value", onnx.TensorProto.BOOL, [], [True]))
+            nodes.append(flag)
+            while len(node.input) < 2:
+                node.input.append("")  # the default ratio, 0.5
+            del node.input[2:]
+            node.input.append(flag.output[0])
+            if len(node.output) < 2:
+                node.output.append(f"{stem}_mask")
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
     return out
 
 

@@ -9,7 +9,7 @@ import torch  # noqa: E402
 
 import edge_lbp.runtime as runtime  # noqa: E402
 from edge_lbp.export.exporter import export_model  # noqa: E402
-from engine_check import assert_parameters_match, rel as _rel  # noqa: E402
+from engine_check import compare_engines, compare_random_training, exceeded, rel as _rel  # noqa: E402
 
 SIDE, CLASSES = 32, 5
 # No dropout and no drop-path: the engines draw different random streams, so they are compared where nothing
@@ -40,17 +40,8 @@ def build(name, attn="sdpa", **changes):
 
 
 def _engines_agree(folder):
-    numba, ort = runtime.load(folder, "numba"), runtime.load(folder, "ort")
-    initial = numba.parameters()
-    rng = np.random.default_rng(0)
-    probe = rng.standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
-    assert _rel(numba.eval_step(probe), ort.eval_step(probe)) < 1e-5
-    for _ in range(5):
-        x = rng.standard_normal((3, 3, SIDE, SIDE)).astype(np.float32)
-        y = rng.integers(0, CLASSES, 3)
-        assert numba.train_step(x, y) == pytest.approx(ort.train_step(x, y), rel=1e-4)
-    assert_parameters_match(numba.parameters(), ort.parameters(), initial)
-    assert _rel(numba.eval_step(probe), ort.eval_step(probe)) < 1e-4
+    measured = compare_engines(folder, (3, SIDE, SIDE), CLASSES)
+    assert not exceeded(measured), measured
 
 
 @pytest.mark.parametrize("lbp", ["lp-tri:4", "none"])
@@ -111,25 +102,22 @@ def test_checkpoint_folder_exports_offline(tmp_path):
     assert params["classifier.weight"].shape == (7, VIT["hidden_size"])
 
 
-def test_drop_path_trains_from_the_session_seed_and_evaluates_without_it(tmp_path):
-    """Swin with drop-path and dropout on: the numba engine repeats a run from its seed, another seed differs;
-    evaluation draws nothing (the eval graph comes from the eval-mode export) and equals torch in eval mode."""
-    model = build("swin", drop_path_rate=0.5, hidden_dropout_prob=0.2)
+# Swin with drop-path and dropout; ViT with dropout on its attention probabilities only, which torch exports from
+# scaled_dot_product_attention as a Dropout without training_mode (the identity) until the exporter sets it.
+RANDOM = {"swin-drop-path": ("swin", dict(drop_path_rate=0.5, hidden_dropout_prob=0.2)),
+          "vit-attention-dropout": ("vit", dict(attention_probs_dropout_prob=0.3))}
+
+
+@pytest.mark.parametrize("case", list(RANDOM))
+def test_dropout_trains_from_the_session_seed_and_evaluates_without_it(tmp_path, case):
+    """The numba engine repeats a run from its seed, another seed differs (so the model drops something);
+    evaluation draws nothing and equals torch in eval mode."""
+    name, changes = RANDOM[case]
+    model = build(name, **changes)
     export_model(model, tmp_path / "art", lbp="lp-tri:4")
-    rng = np.random.default_rng(4)
-    probe = rng.standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
+    probe = np.random.default_rng(4).standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
     with torch.no_grad():
         want = model.eval()(torch.from_numpy(probe)).logits.numpy()
-    for engine in ("numba", "ort"):
-        session = runtime.load(tmp_path / "art", engine)
-        np.testing.assert_allclose(session.eval_step(probe), want, rtol=1e-4, atol=1e-5, err_msg=engine)
-    batches = [(rng.standard_normal((4, 3, SIDE, SIDE)).astype(np.float32), rng.integers(0, CLASSES, 4))
-               for _ in range(3)]
-
-    def losses(seed):
-        session = runtime.load(tmp_path / "art", "numba", seed=seed)
-        return [session.train_step(x, y) for x, y in batches]
-
-    first = losses(1)
-    assert first == losses(1)
-    assert first != losses(2)
+    measured = compare_random_training(tmp_path / "art", probe, want, CLASSES)
+    assert measured["eval_numba"] < 1e-4 and measured["eval_ort"] < 1e-4, measured
+    assert measured["repeats"] and measured["seed_matters"], measured

@@ -30,6 +30,7 @@ _ELEMENTWISE = {
     "Pow": _power,
     "Equal": np.equal,
     "GreaterOrEqual": np.greater_equal,
+    "Less": np.less,
     "Floor": np.floor,
     "Neg": np.negative,
     "Sqrt": np.sqrt,
