@@ -20,8 +20,9 @@ def bare_machine(tmp_path, monkeypatch):
 
 
 def test_cli_runs_here_and_exits_0():
+    # A hang guard only: under the arm64 check's emulation, on a loaded machine, a start took over 120 s.
     result = subprocess.run([sys.executable, "-m", "edge_lbp", "doctor"], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=900)
     assert result.returncode == 0, result.stderr
     for row in ("board", "cores", "memory", "sensors", "numba", "threading layer", "numba cache", "engines"):
         assert row in result.stdout
