@@ -77,19 +77,30 @@ def _human_bytes(size):
 
 def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimizer="adamw", lr=1e-3,
                  input_shape=None, num_classes=None, grid=None, extra_tokens=None, block=defaults.BLOCK,
-                 normalization=None, progress=None):
+                 normalization=None, method="backprop", taps=None, progress=None):
     """Export ``model`` to the artifact folder ``out_dir`` and return a ``Report``.
 
     ``lbp``: ``"none"``, ``"full"``, ``"lp-tri:<o>"``, optionally followed by ``,pattern=spec`` overrides;
     ``train``: a trainable-set choice of ``training.TRAINABLE_CHOICES``; ``input_shape``: ``(C, H, W)``;
     ``grid``: ``(H, W)`` or ``"HxW"``; ``normalization``: ``(mean, std)`` per channel; ``progress``: called with
-    one line per stage.
+    one line per stage. ``method``: ``backprop`` (the training graph trains ``train``), ``zo-hybrid:K`` (the last K
+    blocks, final norm and head by backprop, every other parameter by SPSA on the device: ``edge_lbp.zo``) or
+    ``side`` (a query network and head beside the frozen backbone, reading the blocks ``taps``, default all:
+    ``edge_lbp.export.side``).
     """
     import onnx
 
     from edge_lbp.export.lbp_rewrite import LbpConfig, apply_lbp
 
+    from edge_lbp.zo import parse_method
+
     say = progress or (lambda line: None)
+    zo_blocks = parse_method(method)
+    if method != "backprop" and train != "all":
+        raise ValueError(f"--method {method} chooses the trainable set itself; leave --train at all")
+    if taps is not None and zo_blocks != "side":
+        raise ValueError("--taps applies to --method side")
+    train = "side" if zo_blocks == "side" else f"last:{zo_blocks}" if zo_blocks else train
     # Everything that can be checked without the model is checked before the slow stages.
     config = LbpConfig.parse(lbp, grid=grid, extra_tokens=extra_tokens, block=block)
     if optimizer not in training.OPTIMIZERS:
@@ -99,7 +110,8 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
     if extra_tokens is not None and grid is None:
         raise ValueError("--extra-tokens only applies with --grid (the grid they precede)")
     say(f"forward ONNX from {_describe(model)}")
-    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes)
+    wrap = _side_wrapper(taps, num_classes) if zo_blocks == "side" else None
+    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes, wrap=wrap)
     input_shape = source["input_shape"]
     if len(input_shape) == 2 and config.grid is None:
         raise ValueError(f"{source['source']}: the input is a token sequence (batch, {input_shape[0]}, "
@@ -113,14 +125,16 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
             result = training.generate_training_artifacts(forward, tmp, trainable=train, optimizer=optimizer)
             if eval_forward is not None:
                 _replace_eval_graph(eval_forward, tmp, train, optimizer)
+        training_graph = onnx.load(result["training_model.onnx"])
+        record = _method_record(method, zo_blocks, forward, training_graph, result["frozen"], wrap)
         say(f"LBP rewrite ({lbp})")
-        rewritten, table = apply_lbp(onnx.load(result["training_model.onnx"]), forward, input_shape, config)
+        rewritten, table = apply_lbp(training_graph, forward, input_shape, config)
         say(f"writing {out_dir}")
         manifest = writer.write_artifact(
             out_dir, forward=forward, training=rewritten, ort_dir=tmp, trainable=result["requires_grad"],
             frozen=result["frozen"], labels=result["labels"], lr=lr, model=source, trainable_set=train,
             lbp={"spec": lbp, **dataclasses.asdict(config), "layers": table},
-            normalization=mean_std)
+            normalization=mean_std, method=record)
     sizes = _parameter_sizes(forward)
     return Report(source=source["source"], out_dir=Path(out_dir), layers=table,
                   trainable=sum(sizes[n] for n in manifest["trainable"]),
@@ -136,15 +150,45 @@ def _replace_eval_graph(eval_forward, ort_dir, train, optimizer):
         shutil.copyfile(Path(tmp) / "eval_model.onnx", Path(ort_dir) / "eval_model.onnx")
 
 
+def _side_wrapper(taps, num_classes):
+    from edge_lbp.export.side import SideTuned
+
+    def wrap(module):
+        side = SideTuned(module, taps, num_classes)
+        wrap.taps = list(side.taps)
+        return side
+
+    return wrap
+
+
+def _method_record(method, zo_blocks, forward, training_graph, frozen, wrap):
+    """The manifest's ``method`` entry (None for plain backprop); for ``side``, after checking that the training
+    graph has no backward through the backbone."""
+    if zo_blocks is None:
+        return None
+    if zo_blocks == "side":
+        from edge_lbp.export.side import backbone_reads
+
+        reads = backbone_reads(forward, training_graph)
+        if reads:  # a guard on the wrapper itself: the backbone must be frozen and detached
+            raise RuntimeError(f"side-tuning: the backward reaches the backbone ({reads[:3]})")
+        return {"name": "side", "taps": wrap.taps}
+    return {"name": "zo-hybrid", "blocks": zo_blocks, "zo": list(frozen)}
+
+
 def _describe(model):
     return model if isinstance(model, (str, os.PathLike)) else type(model).__name__
 
 
-def load_model(model, *, input_shape=None, num_classes=None):
+def load_model(model, *, input_shape=None, num_classes=None, wrap=None):
     """(forward ModelProto, source record, eval-mode forward or None) for any accepted ``model``; the record names
     the source, its kind, the input shape (C, H, W) and the number of classes. The eval-mode forward is there
-    when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``)."""
+    when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``).
+    ``wrap``: applied to a torch module before its export (side-tuning); an ONNX file cannot be wrapped."""
     import torch
+
+    if wrap is not None:
+        return _wrapped(model, input_shape, num_classes, wrap)
 
     if isinstance(model, torch.nn.Module):
         return _from_module(model, f"{type(model).__module__}.{type(model).__qualname__}", "module",
@@ -167,7 +211,27 @@ def load_model(model, *, input_shape=None, num_classes=None):
                      "a .onnx file, package.module:factory, or hf:PATH")
 
 
-def _from_preset(name, input_shape, num_classes):
+def _wrapped(model, input_shape, num_classes, wrap):
+    import torch
+
+    from edge_lbp.export import hf, models
+
+    text = model if isinstance(model, torch.nn.Module) else os.fspath(model)
+    if isinstance(text, str) and (text.endswith(".onnx") or text.startswith(hf.PREFIX)):
+        raise ValueError(f"{text}: side-tuning wraps a torch model with a 'blocks' list (a preset, a module or a "
+                         "factory), not an ONNX file or a Hugging Face checkpoint")
+    if isinstance(text, str) and text in models.PRESETS:
+        module = _preset_module(text, input_shape, num_classes)
+    elif isinstance(text, str):
+        module = _call_factory(text, num_classes)
+    else:
+        module = model
+    kind = "preset" if isinstance(model, str) and model in models.PRESETS else "module"
+    return _from_module(wrap(module), text if isinstance(text, str) else f"{type(model).__qualname__} + side",
+                        kind, input_shape if kind != "preset" else None, num_classes)
+
+
+def _preset_module(name, input_shape, num_classes):
     import torch
 
     from edge_lbp.export import models
@@ -181,8 +245,11 @@ def _from_preset(name, input_shape, num_classes):
     # A fixed seed makes the exported initial weights, and so the artifact, reproducible.
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        module = models.build_model(name, **overrides)
-    return _from_module(module, name, "preset", None, num_classes)
+        return models.build_model(name, **overrides)
+
+
+def _from_preset(name, input_shape, num_classes):
+    return _from_module(_preset_module(name, input_shape, num_classes), name, "preset", None, num_classes)
 
 
 def _call_factory(spec, num_classes):

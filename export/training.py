@@ -53,6 +53,8 @@ def split_parameters(model, trainable="all"):
         chosen = set(names)
     elif trainable == "head":
         chosen = head
+    elif trainable == "side":  # the side network of edge_lbp.export.side; the backbone stays frozen
+        chosen = {n for n in names if n.startswith("side.")}
     elif trainable == "bias":
         norms = {n.input[i] for n in model.graph.node if n.op_type in _NORM_OPS for i in (1, 2) if i < len(n.input)}
         chosen = head | {n for n in names if n.endswith(".bias") or n in norms}

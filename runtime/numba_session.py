@@ -105,14 +105,19 @@ class NumbaSession(Session):
     def step_bytes(self, batch: int) -> int:
         """Measured on two probe steps (batch 1 and 2, zeros; the gradient buffers are overwritten, the parameters
         and moments untouched) and extrapolated: a step's intermediates grow linearly with the batch."""
+        return self._extrapolate(batch, lambda x, y, meter: self.forward_backward(x, y, meter=meter))
+
+    def _extrapolate(self, batch: int, run) -> int:
+        """Peak bytes of ``run(x, y, meter)`` at batch 1 and 2, extrapolated linearly to ``batch``."""
         shape = model_input(self.artifact.manifest)["shape"][1:]
         if not all(isinstance(d, int) for d in shape):
             raise Unsupported(f"the input shape {shape} is not fixed; no memory estimate")
-        peaks = []
+        peaks, passes = [], self._passes
         for probe in (1, 2):
             meter = LiveBytes()
-            self.forward_backward(np.zeros((probe, *shape), np.float32), np.zeros(probe, np.int64), meter=meter)
+            run(np.zeros((probe, *shape), np.float32), np.zeros(probe, np.int64), meter)
             peaks.append(meter.peak)
+        self._passes = passes  # the probes are no passes of the step: random draws keep their (step, pass) keys
         per_sample = max(0, peaks[1] - peaks[0])
         return max(0, peaks[0] - per_sample) + per_sample * int(batch)
 

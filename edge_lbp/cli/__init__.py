@@ -118,6 +118,11 @@ def _add_train(commands) -> None:
     cmd.add_argument("--max-rejected", type=_count, default=10, metavar="N",
                      help="stop after N steps in a row with a non-finite loss or gradient (default: %(default)s)")
     cmd.add_argument("--seed", type=_count0, default=0)
+    zo = cmd.add_argument_group("zo-hybrid artifacts (defaults: edge_lbp.zo.ZOConfig)")
+    zo.add_argument("--zo-eps", type=_positive, metavar="X", help="SPSA perturbation scale (default: 1e-3)")
+    zo.add_argument("--zo-probes", type=_count, metavar="N", help="SPSA probes per step (default: 1)")
+    zo.add_argument("--zo-lr", type=_number(float, 0, False), metavar="X",
+                    help="peak learning rate of the ZO part, plain SGD, same schedule (default: 1e-5)")
     cmd.set_defaults(run=_lazy("train", "train"))
 
 
@@ -178,6 +183,10 @@ def _add_export(commands) -> None:
     cmd.add_argument("--extra-tokens", type=int, metavar="E", help="tokens before the grid (CLS, distillation)")
     cmd.add_argument("--block", type=_count, default=defaults.BLOCK, metavar="K",
                      help="WHT block side (default: %(default)s)")
+    cmd.add_argument("--method", default="backprop", metavar="M",
+                     help="backprop | zo-hybrid:K (SPSA for all but the last K blocks + head, which backprop) | "
+                          "side (a query network + head beside the frozen backbone) (default: %(default)s)")
+    cmd.add_argument("--taps", metavar="I,J,...", help="--method side: the blocks it reads (default: all)")
     cmd.set_defaults(run=_lazy("export"))
 
 
