@@ -169,9 +169,9 @@ def _method_record(method, zo_blocks, forward, training_graph, frozen, wrap):
     if zo_blocks == "side":
         from edge_lbp.export.side import backbone_reads
 
-        reads = backbone_reads(forward, training_graph)
-        if reads:  # a guard on the wrapper itself: the backbone must be frozen and detached
-            raise RuntimeError(f"side-tuning: the backward reaches the backbone ({reads[:3]})")
+        read, differentiated = backbone_reads(forward, training_graph)
+        if read or differentiated:  # a guard on the wrapper itself: the backbone must be frozen and detached
+            raise RuntimeError(f"side-tuning: the backward reaches the backbone ({(read + differentiated)[:3]})")
         return {"name": "side", "taps": wrap.taps}
     return {"name": "zo-hybrid", "blocks": zo_blocks, "zo": list(frozen)}
 

@@ -106,13 +106,13 @@ def _input_shape(backbone):
 
 
 def backbone_reads(forward, training):
-    """Backbone activations that a node of the training graph's backward reads, and backbone tensors that get a
-    gradient: both empty when the backbone is frozen and detached. Backbone tensors are the outputs of the forward
-    model's ``/backbone/`` nodes (the training graph keeps their names)."""
+    """``(read, differentiated)``: the backbone activations that a node of the training graph's backward reads, and
+    the backbone tensors that get a gradient; both empty when the backbone is frozen and detached. Backbone tensors
+    are the outputs of the forward model's ``/backbone/`` nodes (the training graph keeps their names)."""
     from edge_lbp.runtime.numba_session import backward_phase
 
     backbone = {o for n in forward.graph.node if n.name.startswith(BACKBONE_SCOPE) for o in n.output}
     reads = {i for n in training.graph.node if backward_phase(n.name, n.op_type) == "backward"
              for i in n.input if i in backbone}
     produced = {o for n in training.graph.node for o in n.output}
-    return sorted(reads | {t for t in backbone if f"{t}_grad" in produced})
+    return sorted(reads), sorted(t for t in backbone if f"{t}_grad" in produced)

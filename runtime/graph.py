@@ -81,6 +81,7 @@ class LiveBytes:
 
     def __init__(self):
         self.live = self.peak = 0
+        self.history: List[int] = []  # bytes held right after each step, before its releases
         self._held: Dict[int, int] = {}
 
     def count(self, step: Step, values, feeds, constants) -> None:
@@ -91,6 +92,7 @@ class LiveBytes:
                 self._held[slot] = value.nbytes
                 self.live += value.nbytes
         self.peak = max(self.peak, self.live)
+        self.history.append(self.live)
         for slot in step.release:
             self.live -= self._held.pop(slot, 0)
 

@@ -108,18 +108,21 @@ class NumbaSession(Session):
         return self._extrapolate(batch, lambda x, y, meter: self.forward_backward(x, y, meter=meter))
 
     def _extrapolate(self, batch: int, run) -> int:
-        """Peak bytes of ``run(x, y, meter)`` at batch 1 and 2, extrapolated linearly to ``batch``."""
+        """Peak bytes of ``run(x, y, meter)`` at ``batch``, from runs at batch 1 and 2: what is held after each step
+        grows linearly with the batch, so each step's holding is extrapolated and the largest taken. (The peak
+        itself does not extrapolate: at batch 1 and 2 it may sit at a weight gradient's temporaries, which do not
+        grow, while at batch 32 it sits among the activations.)"""
         shape = model_input(self.artifact.manifest)["shape"][1:]
         if not all(isinstance(d, int) for d in shape):
             raise Unsupported(f"the input shape {shape} is not fixed; no memory estimate")
-        peaks, passes = [], self._passes
+        histories, passes = [], self._passes
         for probe in (1, 2):
             meter = LiveBytes()
             run(np.zeros((probe, *shape), np.float32), np.zeros(probe, np.int64), meter)
-            peaks.append(meter.peak)
+            histories.append(np.array(meter.history, np.int64))
         self._passes = passes  # the probes are no passes of the step: random draws keep their (step, pass) keys
-        per_sample = max(0, peaks[1] - peaks[0])
-        return max(0, peaks[0] - per_sample) + per_sample * int(batch)
+        one, two = histories
+        return int(max(0, (one + np.maximum(0, two - one) * (int(batch) - 1)).max()))
 
     def gradients(self) -> Dict[str, np.ndarray]:
         return self.grads
