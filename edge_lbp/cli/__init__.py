@@ -1,5 +1,5 @@
 """The ``edge-lbp`` command line: the parser here, one module per command (``demo``, ``export``, ``train`` with
-``eval``, ``profile``, ``doctor``, ``fleet``, ``ops``), each with a ``run(args)``.
+``eval``, ``profile``, ``doctor``, ``fleet``, ``ops``, ``plan``), each with a ``run(args)``.
 
 A command's module is imported only when that command runs, so ``edge-lbp --help`` stays fast and the device
 path never imports torch or onnxruntime. Every error reaches the user as one ``edge-lbp: error:`` line.
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_doctor(commands)
     _add_fleet(commands)
     _add_ops(commands)
+    _add_plan(commands)
     return parser
 
 
@@ -159,6 +160,19 @@ def _add_doctor(commands) -> None:
 def _add_ops(commands) -> None:
     cmd = commands.add_parser("ops", help="the ONNX ops the device engine runs (from its kernel registry)")
     cmd.set_defaults(run=_lazy("ops"))
+
+
+def _add_plan(commands) -> None:
+    cmd = commands.add_parser("plan", help="peak memory of each training method at a batch size; which fit a budget",
+                              description="Estimate the peak memory of inference, this artifact's method, "
+                                          "zo-hybrid:K and side-tuning at a batch size, and say which fit.")
+    cmd.add_argument("artifact", metavar="ARTIFACT")
+    cmd.add_argument("--memory", required=True, metavar="SIZE", help="the budget: 512MB, 512MiB, 1.5GB, ...")
+    cmd.add_argument("--batch-size", type=_count, default=32, metavar="B", help="(default: %(default)s)")
+    cmd.add_argument("--zo-blocks", type=_count, default=2, metavar="K",
+                     help="the K of the zo-hybrid:K estimate (default: %(default)s)")
+    cmd.add_argument("--threads", type=_count, metavar="T", help="Numba + BLAS threads (default: all cores)")
+    cmd.set_defaults(run=_lazy("plan"))
 
 
 def _add_export(commands) -> None:
