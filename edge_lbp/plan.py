@@ -96,8 +96,7 @@ def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
     rng = np.random.default_rng(0)
     session.eval_step(rng.random((1, *shape), np.float32))
     baseline = psutil.Process().memory_info().rss
-    feeds = lambda x: {**session._feeds(x), **session.params}  # noqa: E731
-    inference = session._extrapolate(batch, lambda x, y, meter: session.eval.run(feeds(x), meter=meter))
+    inference = session.eval_bytes(batch)
     copies = 1 + sum(1 for f in session.optimizer.feeds if f.endswith("_order_moments"))
     size = {n: a.nbytes for n, a in session.params.items()}
     method = training_method(manifest)

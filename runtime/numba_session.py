@@ -107,6 +107,11 @@ class NumbaSession(Session):
         and moments untouched) and extrapolated: a step's intermediates grow linearly with the batch."""
         return self._extrapolate(batch, lambda x, y, meter: self.forward_backward(x, y, meter=meter))
 
+    def eval_bytes(self, batch: int) -> int:
+        """What an evaluation step at ``batch`` allocates (its intermediates' peak), measured like ``step_bytes``."""
+        return self._extrapolate(batch, lambda x, y, meter: self.eval.run({**self._feeds(x), **self.params},
+                                                                        meter=meter))
+
     def _extrapolate(self, batch: int, run) -> int:
         """Peak bytes of ``run(x, y, meter)`` at ``batch``, from runs at batch 1 and 2: what is held after each step
         grows linearly with the batch, so each step's holding is extrapolated and the largest taken. (The peak
