@@ -28,13 +28,14 @@ class ZOConfig:
 
     ``eps``: perturbation scale ε (MeZO's 1e-3); ``probes``: SPSA probes per step, averaged (2 forward passes
     each); ``lr``: the peak learning rate of the ZO part's plain SGD update, scaled by the same schedule as the
-    first-order part. The default was chosen on the bundled backbone (see the README's "Choosing a method for
-    your memory budget"): larger rates let the ZO noise erode the pretrained blocks.
+    first-order part. The default was chosen on the bundled backbone adapted to cifar100_10cls (seed 0, zo-hybrid:2,
+    10 epochs: ZO lr 0, 1e-6, 1e-5, 1e-4, 1e-3 gave 63.3, 63.6, 64.3, 66.2, 40.6 % validation accuracy): at 1e-3
+    the ZO noise erodes the pretrained blocks.
     """
 
     eps: float = 1e-3
     probes: int = 1
-    lr: float = 1e-5
+    lr: float = 1e-4
 
     def __post_init__(self):
         if not (math.isfinite(self.eps) and self.eps > 0 and math.isfinite(self.lr) and self.lr >= 0):

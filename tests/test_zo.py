@@ -67,7 +67,7 @@ def test_perturbations_are_regenerated_bit_exactly_from_their_seed():
 
 
 def test_zo_config_defaults_and_bad_values():
-    assert ZOConfig() == ZOConfig.of(None) == ZOConfig.of({"eps": 1e-3, "probes": 1, "lr": 1e-5})
+    assert ZOConfig() == ZOConfig.of(None) == ZOConfig.of({"eps": 1e-3, "probes": 1, "lr": 1e-4})
     for bad in ({"eps": 0}, {"probes": 0}, {"lr": -1}, {"probes": 1.5}):
         with pytest.raises(ValueError, match="ZO"):
             ZOConfig(**bad)

@@ -123,7 +123,7 @@ def _add_train(commands) -> None:
     zo.add_argument("--zo-eps", type=_positive, metavar="X", help="SPSA perturbation scale (default: 1e-3)")
     zo.add_argument("--zo-probes", type=_count, metavar="N", help="SPSA probes per step (default: 1)")
     zo.add_argument("--zo-lr", type=_number(float, 0, False), metavar="X",
-                    help="peak learning rate of the ZO part, plain SGD, same schedule (default: 1e-5)")
+                    help="peak learning rate of the ZO part, plain SGD, same schedule (default: 1e-4)")
     cmd.set_defaults(run=_lazy("train", "train"))
 
 
