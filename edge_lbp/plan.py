@@ -53,20 +53,19 @@ class Row:
 
 
 class _Snapshot(LiveBytes):
-    """LiveBytes that also records, when step ``at`` is done, the bytes held per block (by producing node)."""
+    """LiveBytes that also records, when step ``at`` is done, the bytes held per block (by producing step)."""
 
-    def __init__(self, at: int, names):
+    def __init__(self, at: int, blocks):
         super().__init__()
-        self.at, self.names, self.by_block, self._index, self._producer = at, names, {}, 0, {}
+        self.at, self.blocks, self.by_block, self._index, self._producer = at, blocks, {}, 0, {}
 
     def count(self, step, values, feeds, constants) -> None:
-        super().count(step, values, feeds, constants)
         for slot in step.outputs:
-            if slot in self._held and slot not in self._producer:
-                self._producer[slot] = self._index
+            self._producer.setdefault(slot, self._index)
+        super().count(step, values, feeds, constants)
         if self._index == self.at:
-            for slot, size in self._held.items():
-                block = self.names[self._producer.get(slot, 0)]
+            for slot, size in self.held():
+                block = self.blocks[self._producer[slot]]
                 self.by_block[block] = self.by_block.get(block, 0) + size
         self._index += 1
 
@@ -132,16 +131,29 @@ def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
 
 
 def _block_output_bytes(session, batch, shape):
-    """Bytes of one block's output at ``batch`` (the first block's residual sum), or 0 when it is not found."""
-    names = [step.name for step in session.eval.steps]
-    last = [i for i, n in enumerate(names) if n.startswith("/blocks.0/")]
-    if not last:
+    """Bytes of one block's output at ``batch`` (the first block's last node, its residual sum), or 0 when the
+    eval graph has no ``/blocks.0/`` node."""
+    steps = [i for i, step in enumerate(session.eval.steps) if step.name.startswith("/blocks.0/")]
+    if not steps:
         return 0
-    meter = LiveBytes()
-    session.eval.run({**session._feeds(np.zeros((1, *shape), np.float32)), **session.params}, meter=meter)
-    # The block's last node is its residual Add: what it holds after that step minus before is its output.
-    i = last[-1]
-    return max(0, meter.history[i] - meter.history[i - 1]) * batch
+    sizes = []
+    session.eval.run({**session._feeds(np.zeros((1, *shape), np.float32)), **session.params},
+                     meter=_Output(steps[-1], sizes))
+    return sizes[0] * batch if sizes else 0
+
+
+class _Output(LiveBytes):
+    """Records the byte size of step ``at``'s first output."""
+
+    def __init__(self, at: int, sizes: list):
+        super().__init__()
+        self.at, self.sizes, self._index = at, sizes, 0
+
+    def count(self, step, values, feeds, constants) -> None:
+        if self._index == self.at and step.outputs and isinstance(values[step.outputs[0]], np.ndarray):
+            self.sizes.append(values[step.outputs[0]].nbytes)
+        self._index += 1
+        super().count(step, values, feeds, constants)
 
 
 def _method_name(manifest, method) -> str:
