@@ -51,6 +51,9 @@ class Report:
             lines.append("LBP: no linear layer has a trainable weight, nothing to rewrite")
         if rewritten:
             lines.append(f"LBP rewritten: {len(rewritten)} layer(s)")
+            chosen = dict.fromkeys((tuple(r["grid"]), r["block"], r["block_reason"]) for r in rewritten
+                                   if r.get("block_reason"))
+            lines += [f"  block auto: k{k} on the {g[0]}x{g[1]} grid, {why}" for g, k, why in chosen]
             lines += [f"  {r['layer']:<{width}}  {_geometry(r)}  r={r['rank']:<3} {r['tokens']} -> {r['rows']} rows"
                       f"  {r['flop_ratio']:.2f}x backward FLOPs" for r in rewritten]
         if exact:
@@ -76,13 +79,14 @@ def _human_bytes(size):
 
 
 def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimizer="adamw", lr=1e-3,
-                 input_shape=None, num_classes=None, grid=None, extra_tokens=None, block=defaults.BLOCK,
+                 input_shape=None, num_classes=None, grid=None, extra_tokens=None, block=defaults.EXPORT_BLOCK,
                  normalization=None, progress=None):
     """Export ``model`` to the artifact folder ``out_dir`` and return a ``Report``.
 
     ``lbp``: ``"none"``, ``"full"``, ``"lp-tri:<o>"``, optionally followed by ``,pattern=spec`` overrides;
     ``train``: a trainable-set choice of ``training.TRAINABLE_CHOICES``; ``input_shape``: ``(C, H, W)``;
-    ``grid``: ``(H, W)`` or ``"HxW"``; ``normalization``: ``(mean, std)`` per channel; ``progress``: called with
+    ``grid``: ``(H, W)`` or ``"HxW"``; ``block``: the WHT block side or ``"auto"`` (per layer, see
+    ``lbp_rewrite.auto_block``); ``normalization``: ``(mean, std)`` per channel; ``progress``: called with
     one line per stage.
     """
     import onnx
@@ -98,8 +102,12 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
         raise ValueError(f"learning rate must be positive, got {lr}")
     if extra_tokens is not None and grid is None:
         raise ValueError("--extra-tokens only applies with --grid (the grid they precede)")
+    from edge_lbp.export import lora
+
+    rank = lora.rank_of(train)
+    adapt = None if rank is None else (lambda module: lora.add_adapters(module, rank))
     say(f"forward ONNX from {_describe(model)}")
-    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes)
+    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes, adapt=adapt)
     input_shape = source["input_shape"]
     if len(input_shape) == 2 and config.grid is None:
         raise ValueError(f"{source['source']}: the input is a token sequence (batch, {input_shape[0]}, "
@@ -140,25 +148,28 @@ def _describe(model):
     return model if isinstance(model, (str, os.PathLike)) else type(model).__name__
 
 
-def load_model(model, *, input_shape=None, num_classes=None):
+def load_model(model, *, input_shape=None, num_classes=None, adapt=None):
     """(forward ModelProto, source record, eval-mode forward or None) for any accepted ``model``; the record names
     the source, its kind, the input shape (C, H, W) and the number of classes. The eval-mode forward is there
-    when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``)."""
+    when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``).
+    ``adapt``: applied to the torch module before its export (LoRA adapters); an ONNX file cannot take it."""
     import torch
 
     if isinstance(model, torch.nn.Module):
         return _from_module(model, f"{type(model).__module__}.{type(model).__qualname__}", "module",
-                            input_shape, num_classes)
+                            input_shape, num_classes, adapt)
     text = os.fspath(model)
     from edge_lbp.export import hf, models
 
     if text in models.PRESETS:
-        return _from_preset(text, input_shape, num_classes)
+        return _from_preset(text, input_shape, num_classes, adapt)
     if text.startswith(hf.PREFIX):
         return _from_module(hf.load_checkpoint(text[len(hf.PREFIX):], num_classes), text, "hf", input_shape,
-                            num_classes)
+                            num_classes, adapt)
     if _FACTORY.fullmatch(text):
-        return _from_module(_call_factory(text, num_classes), text, "factory", input_shape, num_classes)
+        return _from_module(_call_factory(text, num_classes), text, "factory", input_shape, num_classes, adapt)
+    if Path(text).is_file() and adapt is not None:
+        raise ValueError(f"{text}: LoRA adapters are added to a torch model before its export, not to an ONNX file")
     if Path(text).is_file():
         return _from_onnx(text, input_shape, num_classes)
     if text.endswith(".onnx"):
@@ -167,7 +178,7 @@ def load_model(model, *, input_shape=None, num_classes=None):
                      "a .onnx file, package.module:factory, or hf:PATH")
 
 
-def _from_preset(name, input_shape, num_classes):
+def _from_preset(name, input_shape, num_classes, adapt=None):
     import torch
 
     from edge_lbp.export import models
@@ -182,7 +193,7 @@ def _from_preset(name, input_shape, num_classes):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         module = models.build_model(name, **overrides)
-    return _from_module(module, name, "preset", None, num_classes)
+    return _from_module(module, name, "preset", None, num_classes, adapt)
 
 
 def _call_factory(spec, num_classes):
@@ -205,7 +216,7 @@ def _call_factory(spec, num_classes):
     return module
 
 
-def _from_module(module, source, kind, input_shape, num_classes):
+def _from_module(module, source, kind, input_shape, num_classes, adapt=None):
     from edge_lbp.export import onnx_export
 
     from edge_lbp.export.hf import input_shape as config_input_shape
@@ -217,6 +228,8 @@ def _from_module(module, source, kind, input_shape, num_classes):
     if input_shape is None:
         raise ValueError(f"input shape of {source} is unknown; give it as C,H,W (--input-shape)")
     module, _ = replace_multihead_attention(module)  # ORT cannot differentiate nn.MultiheadAttention's export
+    if adapt is not None:
+        module = adapt(module)
     forward = onnx_export.export_forward(module, tuple(input_shape))
     eval_forward = None
     if onnx_export.draws_random(forward):

@@ -62,6 +62,30 @@ def test_cli_block_sets_the_wht_block_side(capsys, tmp_path):
     assert {r["block"] for r in layers if r["status"] == "rewritten"} == {4}
 
 
+def test_cli_block_auto_keeps_four_blocks_and_says_why(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "vit-tiny", "-o", tmp_path / "art", "--block", "auto")
+    assert code == 0
+    assert "block auto: k4 on the 8x8 grid, 4 blocks per image (k8 would leave 1)" in out
+    fc1 = next(line for line in out.splitlines() if "blocks.1.mlp.fc1.weight" in line)
+    assert " k4 " in fc1 and "65 -> 41 rows" in fc1
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["lbp"]["block"] == "auto"
+
+
+@pytest.mark.parametrize("grid, spec, block", [
+    ((14, 14), "lp-tri:4", 8),  # ViT-B/16 at 224 px: padded to 16x16, 4 blocks of 8
+    ((8, 8), "lp-tri:4", 4),
+    ((7, 7), "lp-tri:4", 4),  # a Swin window: 1 block of 8 or 4; the smaller one has fewer bases to waste
+    ((4, 4), "lp-tri:4", 4),  # k2 has 4 bases, fewer than r=10: it would keep everything
+    ((4, 4), "lp-tri:2", 2),
+    ((56, 56), "lp-tri:6", 8),
+])
+def test_auto_block_is_the_largest_with_four_blocks_that_still_drops_bases(grid, spec, block):
+    from edge_lbp.export.lbp_rewrite import auto_block
+
+    assert auto_block(grid, spec)[0] == block
+
+
 def test_cli_grid_and_input_shape(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "swin-tiny", "-o", tmp_path / "art", "--input-shape", "3,32,32",
                            "--num-classes", "7", "--grid", "8x8", "--extra-tokens", "0")
