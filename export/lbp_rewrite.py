@@ -203,6 +203,14 @@ def _block_for(grid, block):
     return max(2, min(block, cover))
 
 
+def _rank(spec, block):
+    """The selection's rank at this block; infinite when it does not fit (energy:10 in a 2x2 block)."""
+    try:
+        return parse_selection(spec, block).rank
+    except ValueError:
+        return float("inf")
+
+
 def auto_block(grid, spec) -> Tuple[int, str]:
     """``--block auto``: the largest block up to ``defaults.BLOCK`` that cuts the grid into at least
     ``defaults.MIN_BLOCKS`` blocks while the selection still drops bases (rank < k^2); without one, the smallest
@@ -210,7 +218,7 @@ def auto_block(grid, spec) -> Tuple[int, str]:
     h, w = grid
     blocks = lambda k: Geometry(h, w, 0, k).blocks  # noqa: E731
     dropping = [k for k in (defaults.BLOCK >> i for i in range(defaults.BLOCK.bit_length() - 1))
-                if parse_selection(spec, k).rank < k * k]  # largest first
+                if _rank(spec, k) < k * k]  # largest first
     if not dropping:
         return _block_for(grid, defaults.BLOCK), f"no block up to {defaults.BLOCK} keeps fewer bases than {spec}"
     chosen = next((k for k in dropping if blocks(k) >= defaults.MIN_BLOCKS), dropping[-1])

@@ -78,6 +78,8 @@ def test_cli_block_auto_keeps_four_blocks_and_says_why(capsys, tmp_path):
     ((7, 7), "lp-tri:4", 4),  # a Swin window: 1 block of 8 or 4; the smaller one has fewer bases to waste
     ((4, 4), "lp-tri:4", 4),  # k2 has 4 bases, fewer than r=10: it would keep everything
     ((4, 4), "lp-tri:2", 2),
+    ((8, 8), "energy:10", 4),
+    ((4, 4), "energy:10", 4),  # energy:10 does not fit a 2x2 block
     ((56, 56), "lp-tri:6", 8),
 ])
 def test_auto_block_is_the_largest_with_four_blocks_that_still_drops_bases(grid, spec, block):

@@ -52,7 +52,7 @@ def test_packaged_settings_are_what_the_demo_and_exporter_default_to():
 
     args = build_parser().parse_args(["demo"])
     assert packaged.matches(packaged.CLASSES, args.lbp, args.block)
-    assert (packaged.SETTINGS["lbp"], packaged.SETTINGS["block"]) == (defaults.SELECTION, defaults.BLOCK)
+    assert (packaged.SETTINGS["lbp"], packaged.SETTINGS["block"]) == (defaults.SELECTION, defaults.EXPORT_BLOCK)
     assert not packaged.matches(packaged.CLASSES, args.lbp, 4) and not packaged.matches(3, args.lbp, args.block)
 
 

@@ -167,7 +167,10 @@ def launch(args, method, folder, seed, threads):
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"{method} seed {seed} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+    sys.stderr.write(f"done {method} seed {seed}: accuracy {run['history'][-1]['val_accuracy']:.4f}, step "
+                     f"{run['step_ms']:.0f} ms, peak RSS {run['peak_rss_mb']:.0f} MB\n")  # a record if stopped early
+    return run
 
 
 def class_count(args):
