@@ -33,7 +33,7 @@ def assets() -> Path:
         return Path(path)
 
 
-def matches(classes: int, lbp: str, block: int) -> bool:
+def matches(classes: int, lbp: str, block) -> bool:
     """Whether the packaged artifact is what an export with these settings would give."""
     return classes == CLASSES and lbp == SETTINGS["lbp"] and block == SETTINGS["block"]
 

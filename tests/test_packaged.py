@@ -14,7 +14,7 @@ def test_assembled_artifact_passes_the_verifier_and_trains_the_demo_task(tmp_pat
     folder = packaged.assemble(tmp_path / "artifact")
     manifest = verify_artifact(folder)
     assert manifest["model"]["num_classes"] == packaged.CLASSES
-    assert manifest["lbp"]["spec"] == packaged.SETTINGS["lbp"] and manifest["lbp"]["block"] == 8
+    assert manifest["lbp"]["spec"] == packaged.SETTINGS["lbp"] and manifest["lbp"]["block"] == packaged.SETTINGS["block"]
     assert manifest["optimizer"]["name"] == "adamw" and manifest["optimizer"]["lr"] == packaged.SETTINGS["lr"]
     assert manifest["trainable_set"] == "all" and "ort_checkpoint" not in manifest
     assert sum(r["status"] == "rewritten" for r in manifest["lbp"]["layers"]) == 24
