@@ -1,7 +1,7 @@
 """Adaptation methods side by side: the bundled backbone adapted to an image folder or .npz by each method.
 
     python tests/benchmarks/adapt_methods.py --data PATH [--val PATH] --methods full lbp lora:8 last:2 bias \\
-        [--seeds 0 1 2 3 4] [--epochs 10] [--batch-size 32] [--block auto] [--jobs 1] [--json OUT]
+        [--seeds 0 1 2 3 4] [--epochs 10] [--batch-size 32] [--block auto] [--jobs 1] [--threads T] [--json OUT]
 
 The bundled ``vit-c10`` backbone gets a new head sized to the data's classes (the same head for every method).
 A method is one or more parts joined by ``+``; each part says how to export (and, later, how to train):
@@ -226,15 +226,17 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--block", default=None, help="WHT block of the LBP methods: K or auto (default: the export's)")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (cores are split between them)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="Numba + BLAS threads per run (default: the cores split between the jobs; 1 on a machine "
+                             "others share: parallel kernels wait at every barrier for a descheduled thread)")
     parser.add_argument("--json")
-    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_one(args)
     methods = list(dict.fromkeys(args.methods))
     settings = {m: parse_method(m, args.block) for m in methods}  # every method checked before the first export
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     with tempfile.TemporaryDirectory(prefix="adapt_methods_") as tmp:
         classes = class_count(args)
         folders = {m: Path(tmp) / f"m{i}" for i, m in enumerate(methods)}
