@@ -20,9 +20,12 @@ engine with the same data order, augmentation and seed (AdamW, cosine schedule w
 script prints, per method, the final validation accuracy (mean ± sd over seeds), the train-step FLOPs ratio to
 full fine-tuning (multiply-accumulates of the linear layers and attention products a step runs, from the
 manifest: LBP's rows, which weights are trained and how far back the gradient must go), the median step time
-and the peak RSS of the training process. ``--json`` maps each method, as written, to ``{"accuracy_mean",
-"accuracy_sd", "accuracies", "flops_ratio", "step_ms", "peak_rss_mb"}`` (accuracies as fractions), plus
-``"histories"`` (the per-epoch records of each seed).
+measured side by side (every method's artifact loaded in one process, 5 rounds of 4 steps of each in turn on one
+batch, so that the machine's load hits them alike) and the peak RSS of the training process. ``--json`` maps
+each method, as written, to ``{"accuracy_mean", "accuracy_sd", "accuracies", "flops_ratio", "step_ms",
+"peak_rss_mb"}`` (accuracies as fractions), plus
+``"run_step_ms"`` (the median over the training runs, at whatever load they met) and ``"histories"`` (the
+per-epoch records of each seed).
 """
 import argparse
 import json
@@ -31,11 +34,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BACKBONE = "vit-c10"
 WARMUP_STEPS = 20
+TIMING_ROUNDS, TIMING_STEPS = 5, 4
 
 
 # --- methods: a part's name (before the first ':') -> its export settings ---------------------------------------
@@ -155,8 +160,33 @@ def run_one(args):
     train = open_dataset(args.data, trainer.manifest, split="train")
     val = open_dataset(args.val or args.data, trainer.manifest, split="val", classes=train.classes)
     history = trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size, progress=False)
-    print(json.dumps(dict(history=history, step_ms=1000 * statistics.median(trainer.step_times),
+    print(json.dumps(dict(history=history, run_step_ms=1000 * statistics.median(trainer.step_times),
                           peak_rss_mb=peak_rss_mb(), train=len(train), val=len(val))))
+
+
+def time_steps(args):
+    """In a child process: every artifact of ``args.time`` loaded side by side, ``TIMING_ROUNDS`` rounds of
+    ``TIMING_STEPS`` steps each in turn, so that a machine's load changes hit every method alike; prints the
+    median step time of each, in order, as one JSON list."""
+    import numpy as np
+
+    import edge_lbp.runtime as runtime
+
+    sessions = [runtime.load(folder, "numba", threads=args.threads) for folder in args.time]
+    shape = sessions[0].artifact.manifest["inputs"][0]["shape"][1:]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch_size, *shape)).astype(np.float32)
+    y = rng.integers(0, sessions[0].artifact.manifest["outputs"][0]["shape"][-1], args.batch_size)
+    times = [[] for _ in sessions]
+    for session in sessions:
+        session.train_step(x, y)  # warm-up: kernels loaded or compiled, buffers allocated
+    for _ in range(TIMING_ROUNDS):
+        for session, mine in zip(sessions, times):
+            for _ in range(TIMING_STEPS):
+                started = time.perf_counter()
+                session.train_step(x, y)
+                mine.append(time.perf_counter() - started)
+    print(json.dumps([1000 * statistics.median(t) for t in times]))
 
 
 def launch(args, method, folder, seed, threads):
@@ -169,7 +199,7 @@ def launch(args, method, folder, seed, threads):
         sys.exit(f"{method} seed {seed} failed:\n{out.stderr[-3000:]}")
     run = json.loads(out.stdout.strip().splitlines()[-1])
     sys.stderr.write(f"done {method} seed {seed}: accuracy {run['history'][-1]['val_accuracy']:.4f}, step "
-                     f"{run['step_ms']:.0f} ms, peak RSS {run['peak_rss_mb']:.0f} MB\n")  # a record if stopped early
+                     f"{run['run_step_ms']:.0f} ms, peak RSS {run['peak_rss_mb']:.0f} MB\n")  # a record if stopped early
     return run
 
 
@@ -187,7 +217,17 @@ def class_count(args):
     return len(open_dataset(args.data, manifest, split="train").classes)
 
 
-def summarise(methods, runs, flops):
+def measure_step_times(args, methods, folders, threads):
+    cmd = [sys.executable, __file__, "--time", *[str(folders[m]) for m in methods], "--threads", str(threads),
+           "--batch-size", str(args.batch_size), "--data", args.data]
+    sys.stderr.write(f"timing {len(methods)} methods side by side ...\n")
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"timing failed:\n{out.stderr[-3000:]}")
+    return dict(zip(methods, json.loads(out.stdout.strip().splitlines()[-1])))
+
+
+def summarise(methods, runs, flops, step_ms):
     results = {}
     for method in methods:
         mine = [r for m, r in runs if m == method]
@@ -196,7 +236,8 @@ def summarise(methods, runs, flops):
             accuracy_mean=statistics.mean(accuracies),
             accuracy_sd=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
             accuracies=accuracies, flops_ratio=flops[method],
-            step_ms=statistics.median(r["step_ms"] for r in mine),
+            step_ms=step_ms[method],
+            run_step_ms=statistics.median(r["run_step_ms"] for r in mine),
             peak_rss_mb=max(r["peak_rss_mb"] for r in mine),
             histories=[r["history"] for r in mine])
     return results
@@ -231,9 +272,12 @@ def main():
                              "others share: parallel kernels wait at every barrier for a descheduled thread)")
     parser.add_argument("--json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--time", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_one(args)
+    if args.time:
+        return time_steps(args)
     methods = list(dict.fromkeys(args.methods))
     settings = {m: parse_method(m, args.block) for m in methods}  # every method checked before the first export
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -244,11 +288,12 @@ def main():
         full = manifests.get("full") or export("full", parse_method("full", None), Path(tmp) / "full", classes,
                                                args.lr)
         flops = {m: flops_ratio(manifests[m], full) for m in methods}
+        step_ms = measure_step_times(args, methods, folders, threads)
         todo = [(m, seed) for seed in args.seeds for m in methods]
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = list(zip([m for m, _ in todo],
                             pool.map(lambda job: launch(args, job[0], folders[job[0]], job[1], threads), todo)))
-    results = summarise(methods, runs, flops)
+    results = summarise(methods, runs, flops, step_ms)
     report(args, results, runs[0][1])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
