@@ -43,7 +43,8 @@ WARMUP_STEPS = 20
 TIMING_ROUNDS, TIMING_STEPS = 5, 4
 
 
-# --- methods: a part's name (before the first ':') -> its export settings ---------------------------------------
+# --- methods: a part's name (before the first ':') -> its settings: what to export (lbp, train, block) and how to
+# train (a TRAINERS name). A new method is a PARTS entry, plus a TRAINERS entry if it trains otherwise. -----------
 
 def _lbp(arg, block):
     from edge_lbp import defaults
@@ -62,11 +63,20 @@ PARTS = {
     "bias": _trainable("bias"),
     "lora": _trainable("lora"),
 }
-BASE = {"lbp": "none", "train": "all", "block": None}
+BASE = {"lbp": "none", "train": "all", "block": None, "trainer": "fit"}
+
+
+def fit(trainer, train, val, args):
+    """The default training: ``Trainer.fit`` over the epochs; returns the per-epoch history."""
+    return trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size, progress=False)
+
+
+TRAINERS = {"fit": fit}
 
 
 def parse_method(method, block):
-    """``"lbp:lp-tri:4@4+last:2"`` -> export settings ``{"lbp", "train", "block"}``; one line naming a bad part."""
+    """``"lbp:lp-tri:4@4+last:2"`` -> settings ``{"lbp", "train", "block", "trainer"}``; one line naming a bad
+    part."""
     text, at, own_block = method.partition("@")
     if at:
         text, own_block = method.rsplit("@", 1)
@@ -159,7 +169,7 @@ def run_one(args):
                       threads=args.threads)
     train = open_dataset(args.data, trainer.manifest, split="train")
     val = open_dataset(args.val or args.data, trainer.manifest, split="val", classes=train.classes)
-    history = trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size, progress=False)
+    history = TRAINERS[args.trainer](trainer, train, val, args)
     print(json.dumps(dict(history=history, run_step_ms=1000 * statistics.median(trainer.step_times),
                           peak_rss_mb=peak_rss_mb(), train=len(train), val=len(val))))
 
@@ -189,9 +199,10 @@ def time_steps(args):
     print(json.dumps([1000 * statistics.median(t) for t in times]))
 
 
-def launch(args, method, folder, seed, threads):
+def launch(args, method, folder, trainer, seed, threads):
     cmd = [sys.executable, __file__, "--worker", str(folder), "--seeds", str(seed), "--threads", str(threads),
-           "--data", args.data, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+           "--data", args.data, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+           "--trainer", trainer]
     cmd += ["--val", args.val] if args.val else []
     sys.stderr.write(f"adapting with {method}, seed {seed} ...\n")  # one write: runs overlap
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -273,6 +284,7 @@ def main():
     parser.add_argument("--json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--time", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--trainer", default="fit", choices=TRAINERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_one(args)
@@ -292,7 +304,8 @@ def main():
         todo = [(m, seed) for seed in args.seeds for m in methods]
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = list(zip([m for m, _ in todo],
-                            pool.map(lambda job: launch(args, job[0], folders[job[0]], job[1], threads), todo)))
+                            pool.map(lambda job: launch(args, job[0], folders[job[0]], settings[job[0]]["trainer"],
+                                                         job[1], threads), todo)))
     results = summarise(methods, runs, flops, step_ms)
     report(args, results, runs[0][1])
     if args.json:
