@@ -337,9 +337,9 @@ class Trainer:
             trainer._check_checkpointable()
             trainer._check_same_artifact(checkpoint_dir, meta, tensors)
             trainer._load_parameters(checkpoint_dir, tensors)
-            moments = [m for m in trainer.session.optimizer_state() if m != "step"]
+            state = trainer.session.optimizer_state()  # its keys name what the checkpoint must hold
             trainer.session.set_optimizer_state({"step": position["optimizer_step"], **{
-                m: {n: tensors[f"{m}/{n}"] for n in trainer.session.artifact.trainable} for m in moments}})
+                m: {n: tensors[f"{m}/{n}"] for n in arrays} for m, arrays in state.items() if m != "step"}})
             trainer.updates, trainer.epoch, trainer.batch = position["updates"], position["epoch"], position["batch"]
             trainer._running = dict(position["running"])
             trainer.classes, trainer.history = meta["classes"], list(meta["history"])

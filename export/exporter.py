@@ -51,6 +51,9 @@ class Report:
             lines.append("LBP: no linear layer has a trainable weight, nothing to rewrite")
         if rewritten:
             lines.append(f"LBP rewritten: {len(rewritten)} layer(s)")
+            chosen = dict.fromkeys((tuple(r["grid"]), r["block"], r["block_reason"]) for r in rewritten
+                                   if r.get("block_reason"))
+            lines += [f"  block auto: k{k} on the {g[0]}x{g[1]} grid, {why}" for g, k, why in chosen]
             lines += [f"  {r['layer']:<{width}}  {_geometry(r)}  r={r['rank']:<3} {r['tokens']} -> {r['rows']} rows"
                       f"  {r['flop_ratio']:.2f}x backward FLOPs" for r in rewritten]
         if exact:
@@ -76,13 +79,14 @@ def _human_bytes(size):
 
 
 def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimizer="adamw", lr=1e-3,
-                 input_shape=None, num_classes=None, grid=None, extra_tokens=None, block=defaults.BLOCK,
+                 input_shape=None, num_classes=None, grid=None, extra_tokens=None, block=defaults.EXPORT_BLOCK,
                  normalization=None, method="backprop", taps=None, progress=None):
     """Export ``model`` to the artifact folder ``out_dir`` and return a ``Report``.
 
     ``lbp``: ``"none"``, ``"full"``, ``"lp-tri:<o>"``, optionally followed by ``,pattern=spec`` overrides;
     ``train``: a trainable-set choice of ``training.TRAINABLE_CHOICES``; ``input_shape``: ``(C, H, W)``;
-    ``grid``: ``(H, W)`` or ``"HxW"``; ``normalization``: ``(mean, std)`` per channel; ``progress``: called with
+    ``grid``: ``(H, W)`` or ``"HxW"``; ``block``: the WHT block side or ``"auto"`` (per layer, see
+    ``lbp_rewrite.auto_block``); ``normalization``: ``(mean, std)`` per channel; ``progress``: called with
     one line per stage. ``method``: ``backprop`` (the training graph trains ``train``), ``zo-hybrid:K`` (the last K
     blocks, final norm and head by backprop, every other parameter by SPSA on the device: ``edge_lbp.zo``) or
     ``side`` (a query network and head beside the frozen backbone, reading the blocks ``taps``, default all:
@@ -109,9 +113,14 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
         raise ValueError(f"learning rate must be positive, got {lr}")
     if extra_tokens is not None and grid is None:
         raise ValueError("--extra-tokens only applies with --grid (the grid they precede)")
+    from edge_lbp.export import lora
+
+    rank = lora.rank_of(train)
+    adapt = None if rank is None else (lambda module: lora.add_adapters(module, rank))
+    if zo_blocks == "side":
+        adapt = _side_wrapper(model, taps, num_classes)
     say(f"forward ONNX from {_describe(model)}")
-    wrap = _side_wrapper(taps, num_classes) if zo_blocks == "side" else None
-    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes, wrap=wrap)
+    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes, adapt=adapt)
     input_shape = source["input_shape"]
     if len(input_shape) == 2 and config.grid is None:
         raise ValueError(f"{source['source']}: the input is a token sequence (batch, {input_shape[0]}, "
@@ -126,7 +135,7 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
             if eval_forward is not None:
                 _replace_eval_graph(eval_forward, tmp, train, optimizer)
         training_graph = onnx.load(result["training_model.onnx"])
-        record = _method_record(method, zo_blocks, forward, training_graph, result["frozen"], wrap)
+        record = _method_record(method, zo_blocks, forward, training_graph, result["frozen"], adapt)
         say(f"LBP rewrite ({lbp})")
         rewritten, table = apply_lbp(training_graph, forward, input_shape, config)
         say(f"writing {out_dir}")
@@ -150,8 +159,13 @@ def _replace_eval_graph(eval_forward, ort_dir, train, optimizer):
         shutil.copyfile(Path(tmp) / "eval_model.onnx", Path(ort_dir) / "eval_model.onnx")
 
 
-def _side_wrapper(taps, num_classes):
+def _side_wrapper(model, taps, num_classes):
+    """The side network around the torch module (``load_model``'s ``adapt``); it records the blocks it taps."""
     from edge_lbp.export.side import SideTuned
+
+    if isinstance(model, (str, os.PathLike)) and (os.fspath(model).endswith(".onnx") or Path(model).is_file()):
+        raise ValueError(f"{os.fspath(model)}: side-tuning wraps a torch model with a 'blocks' list (a preset, a "
+                         "module or a factory), not an ONNX file")
 
     def wrap(module):
         side = SideTuned(module, taps, num_classes)
@@ -161,7 +175,7 @@ def _side_wrapper(taps, num_classes):
     return wrap
 
 
-def _method_record(method, zo_blocks, forward, training_graph, frozen, wrap):
+def _method_record(method, zo_blocks, forward, training_graph, frozen, adapt):
     """The manifest's ``method`` entry (None for plain backprop); for ``side``, after checking that the training
     graph has no backward through the backbone."""
     if zo_blocks is None:
@@ -172,7 +186,7 @@ def _method_record(method, zo_blocks, forward, training_graph, frozen, wrap):
         read, differentiated = backbone_reads(forward, training_graph)
         if read or differentiated:  # a guard on the wrapper itself: the backbone must be frozen and detached
             raise RuntimeError(f"side-tuning: the backward reaches the backbone ({(read + differentiated)[:3]})")
-        return {"name": "side", "taps": wrap.taps}
+        return {"name": "side", "taps": adapt.taps}
     return {"name": "zo-hybrid", "blocks": zo_blocks, "zo": list(frozen)}
 
 
@@ -180,29 +194,29 @@ def _describe(model):
     return model if isinstance(model, (str, os.PathLike)) else type(model).__name__
 
 
-def load_model(model, *, input_shape=None, num_classes=None, wrap=None):
+def load_model(model, *, input_shape=None, num_classes=None, adapt=None):
     """(forward ModelProto, source record, eval-mode forward or None) for any accepted ``model``; the record names
     the source, its kind, the input shape (C, H, W) and the number of classes. The eval-mode forward is there
     when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``).
-    ``wrap``: applied to a torch module before its export (side-tuning); an ONNX file cannot be wrapped."""
+    ``adapt``: applied to the torch module before its export (LoRA adapters, the side network); an ONNX file
+    cannot take it."""
     import torch
-
-    if wrap is not None:
-        return _wrapped(model, input_shape, num_classes, wrap)
 
     if isinstance(model, torch.nn.Module):
         return _from_module(model, f"{type(model).__module__}.{type(model).__qualname__}", "module",
-                            input_shape, num_classes)
+                            input_shape, num_classes, adapt)
     text = os.fspath(model)
     from edge_lbp.export import hf, models
 
     if text in models.PRESETS:
-        return _from_preset(text, input_shape, num_classes)
+        return _from_preset(text, input_shape, num_classes, adapt)
     if text.startswith(hf.PREFIX):
         return _from_module(hf.load_checkpoint(text[len(hf.PREFIX):], num_classes), text, "hf", input_shape,
-                            num_classes)
+                            num_classes, adapt)
     if _FACTORY.fullmatch(text):
-        return _from_module(_call_factory(text, num_classes), text, "factory", input_shape, num_classes)
+        return _from_module(_call_factory(text, num_classes), text, "factory", input_shape, num_classes, adapt)
+    if Path(text).is_file() and adapt is not None:
+        raise ValueError(f"{text}: LoRA adapters are added to a torch model before its export, not to an ONNX file")
     if Path(text).is_file():
         return _from_onnx(text, input_shape, num_classes)
     if text.endswith(".onnx"):
@@ -211,27 +225,7 @@ def load_model(model, *, input_shape=None, num_classes=None, wrap=None):
                      "a .onnx file, package.module:factory, or hf:PATH")
 
 
-def _wrapped(model, input_shape, num_classes, wrap):
-    import torch
-
-    from edge_lbp.export import hf, models
-
-    text = model if isinstance(model, torch.nn.Module) else os.fspath(model)
-    if isinstance(text, str) and (text.endswith(".onnx") or text.startswith(hf.PREFIX)):
-        raise ValueError(f"{text}: side-tuning wraps a torch model with a 'blocks' list (a preset, a module or a "
-                         "factory), not an ONNX file or a Hugging Face checkpoint")
-    if isinstance(text, str) and text in models.PRESETS:
-        module = _preset_module(text, input_shape, num_classes)
-    elif isinstance(text, str):
-        module = _call_factory(text, num_classes)
-    else:
-        module = model
-    kind = "preset" if isinstance(model, str) and model in models.PRESETS else "module"
-    return _from_module(wrap(module), text if isinstance(text, str) else f"{type(model).__qualname__} + side",
-                        kind, input_shape if kind != "preset" else None, num_classes)
-
-
-def _preset_module(name, input_shape, num_classes):
+def _from_preset(name, input_shape, num_classes, adapt=None):
     import torch
 
     from edge_lbp.export import models
@@ -245,11 +239,8 @@ def _preset_module(name, input_shape, num_classes):
     # A fixed seed makes the exported initial weights, and so the artifact, reproducible.
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return models.build_model(name, **overrides)
-
-
-def _from_preset(name, input_shape, num_classes):
-    return _from_module(_preset_module(name, input_shape, num_classes), name, "preset", None, num_classes)
+        module = models.build_model(name, **overrides)
+    return _from_module(module, name, "preset", None, num_classes, adapt)
 
 
 def _call_factory(spec, num_classes):
@@ -272,7 +263,7 @@ def _call_factory(spec, num_classes):
     return module
 
 
-def _from_module(module, source, kind, input_shape, num_classes):
+def _from_module(module, source, kind, input_shape, num_classes, adapt=None):
     from edge_lbp.export import onnx_export
 
     from edge_lbp.export.hf import input_shape as config_input_shape
@@ -284,6 +275,8 @@ def _from_module(module, source, kind, input_shape, num_classes):
     if input_shape is None:
         raise ValueError(f"input shape of {source} is unknown; give it as C,H,W (--input-shape)")
     module, _ = replace_multihead_attention(module)  # ORT cannot differentiate nn.MultiheadAttention's export
+    if adapt is not None:
+        module = adapt(module)
     forward = onnx_export.export_forward(module, tuple(input_shape))
     eval_forward = None
     if onnx_export.draws_random(forward):

@@ -128,15 +128,18 @@ class LiveBytes:
 class Graph:
     """A loaded graph. ``feeds`` names the inputs a caller must give; ``constants`` holds the initializers."""
 
-    def __init__(self, model: onnx.ModelProto, *, name: str = "graph", random=None):
+    def __init__(self, model: onnx.ModelProto, *, name: str = "graph", random=None, bases=None):
         """``random``: the ``kernels.stochastic.RandomStream`` the graph's random kernels draw from (default: one
-        seeded with 0)."""
+        seeded with 0); ``bases``: the ``edge_lbp.energy.AdaptiveBases`` of its ``energy:r`` layers (default: a
+        fresh one)."""
         import edge_lbp.runtime.kernels  # noqa: F401  (registers every kernel)
+        from edge_lbp.energy import AdaptiveBases
         from edge_lbp.runtime.kernels.stochastic import RandomStream
 
         graph = model.graph
         self.name = name
         self.random = random if random is not None else RandomStream(0)
+        self.bases = bases if bases is not None else AdaptiveBases()
         self.constants: Dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.feeds = [vi.name for vi in graph.input if vi.name not in self.constants]
         # Declared input shapes (None for a symbolic dimension), to check what a caller binds before a step runs.
@@ -153,7 +156,7 @@ class Graph:
                 no_kernel.setdefault(op, []).append(node.name or "(unnamed)")
                 continue
             try:
-                steps.append((node, registry.build(node, self.random)))
+                steps.append((node, registry.build(node, self.random, self.bases)))
             except ValueError as err:
                 problems.append(f"node {node.name} ({op}): {err}")
         for op, nodes in sorted(no_kernel.items()):

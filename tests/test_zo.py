@@ -11,7 +11,7 @@ THREADS = 1
 
 
 def _quadratic(seed=0):
-    """L(θ) = ½ (θ - c)ᵀ A (θ - c) over two tensors (12 values), float64; returns (params, names, loss, gradient)."""
+    """L(θ) = ½ (θ - c)ᵀ A (θ - c) over two tensors (12 values), float64: (params, names, loss, gradient)."""
     rng = np.random.default_rng(seed)
     params = {"w": rng.standard_normal((3, 2)), "b": rng.standard_normal(6)}
     names = ["w", "b"]

@@ -73,6 +73,11 @@ def _number(kind, smallest, strict):
 _count, _count0, _positive = _number(int, 1, False), _number(int, 0, False), _number(float, 0, True)
 
 
+def _block(text: str):
+    """``auto`` or a block side (checked as a power of two by the exporter, which says so in one line)."""
+    return defaults.AUTO if text.strip().lower() == defaults.AUTO else _count(text)
+
+
 def _add_data_options(cmd, required: bool) -> None:
     cmd.add_argument("--data", required=required, metavar="PATH",
                      help="an image folder (one sub-folder per class) or an .npz file (x_train/y_train, ...)")
@@ -91,8 +96,8 @@ def _add_demo(commands) -> None:
     cmd.add_argument("--artifact", metavar="DIR", help="adapt this exported artifact (no export extra needed)")
     cmd.add_argument("--epochs", type=_count, metavar="E", help="training epochs (default: the demo's own)")
     cmd.add_argument("--lbp", default=defaults.SELECTION, metavar="SPEC", help="LBP selection (default: %(default)s)")
-    cmd.add_argument("--block", type=_count, default=defaults.BLOCK, metavar="K",
-                     help="WHT block side for the bundled backbone's 8x8 token grid (default: %(default)s)")
+    cmd.add_argument("--block", type=_block, default=defaults.EXPORT_BLOCK, metavar="K",
+                     help="WHT block side or auto, for the bundled backbone's 8x8 token grid (default: %(default)s)")
     cmd.add_argument("--threads", type=_count, metavar="T", help="Numba + BLAS threads (default: all cores)")
     cmd.add_argument("--seed", type=_count0, default=0)
     cmd.set_defaults(run=_lazy("demo"))
@@ -188,15 +193,16 @@ def _add_export(commands) -> None:
                      help="none | full | lp-tri:<o>, then optional ',<weight pattern>=<spec>' overrides "
                           "(default: %(default)s)")
     cmd.add_argument("--train", default="all", metavar="SPEC",
-                     help="trainable set: all | last:K | bias | head (default: %(default)s)")
+                     help="trainable set: all | last:K | bias | head | lora:R (default: %(default)s)")
     cmd.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     cmd.add_argument("--lr", type=_positive, default=1e-3, metavar="X", help="learning rate (default: %(default)s)")
     cmd.add_argument("--input-shape", metavar="C,H,W", help="input image shape (default: the model's own)")
     cmd.add_argument("--num-classes", type=int, metavar="N", help="number of classes (presets, factories, hf:PATH)")
     cmd.add_argument("--grid", metavar="HxW", help="token grid of the rewritten layers (default: inferred)")
     cmd.add_argument("--extra-tokens", type=int, metavar="E", help="tokens before the grid (CLS, distillation)")
-    cmd.add_argument("--block", type=_count, default=defaults.BLOCK, metavar="K",
-                     help="WHT block side (default: %(default)s)")
+    cmd.add_argument("--block", type=_block, default=defaults.EXPORT_BLOCK, metavar="K",
+                     help=f"WHT block side, or auto: per layer the largest block up to {defaults.BLOCK} that leaves "
+                          f"{defaults.MIN_BLOCKS} blocks per image (default: %(default)s)")
     cmd.add_argument("--method", default="backprop", metavar="M",
                      help="backprop | zo-hybrid:K (SPSA for all but the last K blocks + head, which backprop) | "
                           "side (a query network + head beside the frozen backbone) (default: %(default)s)")
