@@ -71,7 +71,19 @@ def low_pass_triangle(order: int, block: int) -> Selection:
     return Selection(pairs, f"lp-tri:{order}")
 
 
+def sequency_order(block: int) -> Tuple[Tuple[int, int], ...]:
+    """All ``k^2`` pairs, lowest total sequency first (the order of ``lp-tri`` and of ``energy:r``'s start)."""
+    return low_pass_triangle(2 * block - 1, block).pairs
+
+
 _LP_TRI = re.compile(r"^lp-tri:(\d+)$")
+_ENERGY = re.compile(r"^energy:(\d+)$")
+ENERGY_PREFIX = "energy:"
+
+
+def is_adaptive(name: str) -> bool:
+    """Whether a selection's bases are re-chosen during training (``energy:r``, see ``edge_lbp.energy``)."""
+    return name.startswith(ENERGY_PREFIX)
 
 
 def parse_selection(spec: SelectionSpec, block: int) -> Selection:
@@ -84,9 +96,16 @@ def parse_selection(spec: SelectionSpec, block: int) -> Selection:
         match = _LP_TRI.match(text)
         if match:
             return low_pass_triangle(int(match.group(1)), k)
+        match = _ENERGY.match(text)
+        if match:  # the start: the r lowest sequencies, until the device has measured the gradient's energy
+            rank = int(match.group(1))
+            if not 1 <= rank <= k * k:
+                raise ValueError(f"energy rank must be 1..{k * k} for block {k}, got {rank}")
+            return Selection(sequency_order(k)[:rank], f"{ENERGY_PREFIX}{rank}")
         if text == "full":
-            return Selection(low_pass_triangle(2 * k - 1, k).pairs, "full")
-        raise ValueError(f"unknown LBP selection {spec!r}: expected 'lp-tri:<order>', 'full' or a list of (u, v) pairs")
+            return Selection(sequency_order(k), "full")
+        raise ValueError(f"unknown LBP selection {spec!r}: expected 'lp-tri:<order>', 'energy:<rank>', 'full' or "
+                         "a list of (u, v) pairs")
     pairs = tuple((int(u), int(v)) for u, v in spec)
     if not pairs:
         raise ValueError("an LBP selection needs at least one (u, v) pair")

@@ -1,4 +1,5 @@
-"""Peak resident memory of this process over a window of work (a training phase, a run)."""
+"""Memory on the device: the peak resident memory of this process over a window of work (a training phase, a
+run), and the check that a training step fits in what is free."""
 import os
 
 import psutil
@@ -43,3 +44,20 @@ class PeakMemory:
             if fd is not None:
                 os.close(fd)
         self._status = self._clear = None
+
+
+def check_step_fits(session, batch_size: int) -> None:
+    """Refuse a batch whose step cannot fit in the memory available now, before it fails (or swaps) halfway
+    through an epoch. 10 % stays free for what the estimate leaves out (BLAS buffers, the allocator)."""
+    if not session.capabilities.memory_estimate:
+        return
+    budget = 0.9 * psutil.virtual_memory().available
+    needed = session.step_bytes(batch_size)
+    if needed > budget:
+        one = session.step_bytes(1)
+        per_sample = max(1, (needed - one) // max(1, batch_size - 1))
+        largest = int((budget - (one - per_sample)) // per_sample)
+        raise MemoryError(f"a training step at batch {batch_size} needs about {needed / 2**20:.0f} MiB beyond "
+                          f"the model, and {budget / 2**20:.0f} MiB are free: "
+                          + (f"the largest batch that fits is about {largest}" if largest >= 1
+                             else "not even batch 1 fits"))

@@ -24,7 +24,7 @@ HEAD_FILE = "vit_c10_demo_head.safetensors"  # the parameters that are not the b
 HEAD_PREFIX = "head."
 # The export settings of the packaged artifact: the demo's task (8 generated classes) and the exporter's defaults.
 CLASSES = 8
-SETTINGS = {"lbp": defaults.SELECTION, "block": defaults.BLOCK, "train": "all", "optimizer": "adamw", "lr": 1e-3}
+SETTINGS = {"lbp": defaults.SELECTION, "block": defaults.EXPORT_BLOCK, "train": "all", "optimizer": "adamw", "lr": 1e-3}
 
 
 def assets() -> Path:
@@ -33,7 +33,7 @@ def assets() -> Path:
         return Path(path)
 
 
-def matches(classes: int, lbp: str, block: int) -> bool:
+def matches(classes: int, lbp: str, block) -> bool:
     """Whether the packaged artifact is what an export with these settings would give."""
     return classes == CLASSES and lbp == SETTINGS["lbp"] and block == SETTINGS["block"]
 

@@ -16,11 +16,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import psutil
 from tqdm import tqdm
 
 from edge_lbp.checkpoint import CheckpointError, load_checkpoint, locked, save_checkpoint
 from edge_lbp.data import Dataset, batches, num_batches
+from edge_lbp.memory import check_step_fits
 from edge_lbp.runtime.session import NonFiniteStep
 from edge_lbp.schedule import SCHEDULES, schedule_lr
 
@@ -44,12 +44,13 @@ class Trainer:
     (mean) gradient down to this global L2 norm when above it (numba engine); ``seed``: data order and
     augmentation in ``fit``, and the numba engine's Dropout and drop-path draws; ``max_rejected``: a step whose
     loss or gradients are not finite is rejected before the optimizer runs (a :class:`DivergenceWarning`), and
-    after this many in a row the run stops with a :class:`DivergenceError`.
+    after this many in a row the run stops with a :class:`DivergenceError`; ``zo``: the ZO hyper-parameters of a
+    ``zo-hybrid`` artifact (``edge_lbp.zo.ZOConfig`` or a mapping; its ``lr`` follows the same schedule).
     """
 
     def __init__(self, artifact_dir, *, engine: str = "auto", threads=None, lr=None, schedule: str = "constant",
                  warmup_steps: int = 0, accumulate: int = 1, clip_norm=None, seed: int = 0, total_steps=None,
-                 max_rejected: int = 10):
+                 max_rejected: int = 10, zo=None):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if int(accumulate) < 1 or int(warmup_steps) < 0 or int(seed) < 0 or int(max_rejected) < 1:
@@ -60,7 +61,8 @@ class Trainer:
                 raise ValueError(f"{name} must be a positive finite number; got {value}")
         import edge_lbp.runtime as runtime
 
-        self.session = runtime.load(artifact_dir, engine, threads=threads, seed=seed)
+        self.session = runtime.load(artifact_dir, engine, threads=threads, seed=seed, zo=zo)
+        self.zo = self.session.zo.record() if hasattr(self.session, "zo") else None
         if clip_norm is not None and not self.session.capabilities.gradients:
             raise ValueError(f"clip_norm needs the numba engine: the {self.session.engine} engine keeps its "
                              "gradients inside ONNX Runtime, out of reach for scaling")
@@ -131,6 +133,7 @@ class Trainer:
         self.session.check_finite()  # raises before anything is scaled or updated
         scale = 1.0 / self._micro  # the engines sum micro-batch gradients; the update uses their mean
         lr = self.lr
+        self.session.schedule_factor = lr / self.peak_lr
         if not self.session.capabilities.gradients:
             # ort: gradients stay inside ONNX Runtime. SGD's update is linear in them, so dividing the learning
             # rate is exact; AdamW divides by the gradients' own scale, so their sum gives the same update.
@@ -201,7 +204,8 @@ class Trainer:
             if per_epoch is None:
                 raise ValueError("the cosine schedule needs total_steps when the data has no length")
             self._fit_total = epochs * math.ceil(per_epoch / self.accumulate)
-        self._check_memory(min(batch_size, len(train)) if isinstance(train, Dataset) else batch_size)
+        if not self._micro:
+            check_step_fits(self.session, min(batch_size, len(train)) if isinstance(train, Dataset) else batch_size)
         # One writer per checkpoint folder for the whole run; taking the lock also proves the folder writable
         # before the first step rather than after the first epoch.
         with self._deferred_interrupt(), (locked(checkpoint) if checkpoint is not None else contextlib.nullcontext()):
@@ -223,22 +227,6 @@ class Trainer:
                 for callback in callbacks:
                     callback(self, record)
         return self.history
-
-    def _check_memory(self, batch_size: int) -> None:
-        """Refuse a batch whose step cannot fit in the memory available now, before it fails (or swaps) halfway
-        through an epoch. 10 % stays free for what the estimate leaves out (BLAS buffers, the allocator)."""
-        if not self.session.capabilities.memory_estimate or self._micro:
-            return
-        budget = 0.9 * psutil.virtual_memory().available
-        needed = self.session.step_bytes(batch_size)
-        if needed > budget:
-            one = self.session.step_bytes(1)
-            per_sample = max(1, (needed - one) // max(1, batch_size - 1))
-            largest = int((budget - (one - per_sample)) // per_sample)
-            raise MemoryError(f"a training step at batch {batch_size} needs about {needed / 2**20:.0f} MiB beyond "
-                              f"the model, and {budget / 2**20:.0f} MiB are free: "
-                              + (f"the largest batch that fits is about {largest}" if largest >= 1
-                                 else "not even batch 1 fits"))
 
     def _train_epoch(self, train, batch_size, augment, per_epoch, label, progress) -> None:
         if isinstance(train, Dataset):
@@ -321,7 +309,7 @@ class Trainer:
         if self._micro:
             raise ValueError(f"{self._micro} micro-batch(es) of an accumulation are pending; save after the update")
         params, state = self.session.parameters(), self.session.optimizer_state()
-        tensors = {f"param/{n}": params[n] for n in self.session.artifact.trainable}
+        tensors = {f"param/{n}": params[n] for n in self.session.trained}
         for moment, arrays in state.items():
             if moment != "step":
                 tensors.update((f"{moment}/{n}", a) for n, a in arrays.items())
@@ -330,7 +318,7 @@ class Trainer:
             "artifact_fingerprint": self.session.artifact.fingerprint,
             "config": {"lr": self.peak_lr, "schedule": self.schedule, "warmup_steps": self.warmup_steps,
                        "total_steps": self.total_steps, "accumulate": self.accumulate, "clip_norm": self.clip_norm,
-                       "seed": self.seed, "max_rejected": self.max_rejected},
+                       "seed": self.seed, "max_rejected": self.max_rejected, "zo": self.zo},
             "position": {"updates": self.updates, "optimizer_step": state["step"], "epoch": self.epoch,
                          "batch": self.batch, "running": self._running},
             "classes": self.classes,
@@ -349,9 +337,9 @@ class Trainer:
             trainer._check_checkpointable()
             trainer._check_same_artifact(checkpoint_dir, meta, tensors)
             trainer._load_parameters(checkpoint_dir, tensors)
-            moments = [m for m in trainer.session.optimizer_state() if m != "step"]
+            state = trainer.session.optimizer_state()  # its keys name what the checkpoint must hold
             trainer.session.set_optimizer_state({"step": position["optimizer_step"], **{
-                m: {n: tensors[f"{m}/{n}"] for n in trainer.session.artifact.trainable} for m in moments}})
+                m: {n: tensors[f"{m}/{n}"] for n in arrays} for m, arrays in state.items() if m != "step"}})
             trainer.updates, trainer.epoch, trainer.batch = position["updates"], position["epoch"], position["batch"]
             trainer._running = dict(position["running"])
             trainer.classes, trainer.history = meta["classes"], list(meta["history"])
@@ -363,9 +351,9 @@ class Trainer:
         """A checkpoint resumes only the artifact it was saved from: another trainable set would drop (or
         invent) trained tensors, another graph would continue a different model."""
         saved = sorted(k[len("param/"):] for k in tensors if k.startswith("param/"))
-        if saved != sorted(self.session.artifact.trainable):
+        if saved != sorted(self.session.trained):
             raise CheckpointError(f"{checkpoint_dir}: saved with {len(saved)} trainable tensors, {self.artifact_dir} "
-                                  f"trains {len(self.session.artifact.trainable)} (another --train set?); resume "
+                                  f"trains {len(self.session.trained)} (another --train set?); resume "
                                   "with the artifact it was saved from")
         recorded = meta.get("artifact_fingerprint")
         if recorded is not None and recorded != self.session.artifact.fingerprint:
@@ -379,7 +367,7 @@ class Trainer:
         return meta
 
     def _load_parameters(self, checkpoint_dir, tensors) -> None:
-        names = self.session.artifact.trainable
+        names = self.session.trained
         missing = [n for n in names if f"param/{n}" not in tensors]
         if missing:
             raise CheckpointError(f"{checkpoint_dir}: no values for parameters {missing[:3]} of "

@@ -51,6 +51,9 @@ class Report:
             lines.append("LBP: no linear layer has a trainable weight, nothing to rewrite")
         if rewritten:
             lines.append(f"LBP rewritten: {len(rewritten)} layer(s)")
+            chosen = dict.fromkeys((tuple(r["grid"]), r["block"], r["block_reason"]) for r in rewritten
+                                   if r.get("block_reason"))
+            lines += [f"  block auto: k{k} on the {g[0]}x{g[1]} grid, {why}" for g, k, why in chosen]
             lines += [f"  {r['layer']:<{width}}  {_geometry(r)}  r={r['rank']:<3} {r['tokens']} -> {r['rows']} rows"
                       f"  {r['flop_ratio']:.2f}x backward FLOPs" for r in rewritten]
         if exact:
@@ -76,20 +79,32 @@ def _human_bytes(size):
 
 
 def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimizer="adamw", lr=1e-3,
-                 input_shape=None, num_classes=None, grid=None, extra_tokens=None, block=defaults.BLOCK,
-                 normalization=None, progress=None):
+                 input_shape=None, num_classes=None, grid=None, extra_tokens=None, block=defaults.EXPORT_BLOCK,
+                 normalization=None, method="backprop", taps=None, progress=None):
     """Export ``model`` to the artifact folder ``out_dir`` and return a ``Report``.
 
     ``lbp``: ``"none"``, ``"full"``, ``"lp-tri:<o>"``, optionally followed by ``,pattern=spec`` overrides;
     ``train``: a trainable-set choice of ``training.TRAINABLE_CHOICES``; ``input_shape``: ``(C, H, W)``;
-    ``grid``: ``(H, W)`` or ``"HxW"``; ``normalization``: ``(mean, std)`` per channel; ``progress``: called with
-    one line per stage.
+    ``grid``: ``(H, W)`` or ``"HxW"``; ``block``: the WHT block side or ``"auto"`` (per layer, see
+    ``lbp_rewrite.auto_block``); ``normalization``: ``(mean, std)`` per channel; ``progress``: called with
+    one line per stage. ``method``: ``backprop`` (the training graph trains ``train``), ``zo-hybrid:K`` (the last K
+    blocks, final norm and head by backprop, every other parameter by SPSA on the device: ``edge_lbp.zo``) or
+    ``side`` (a query network and head beside the frozen backbone, reading the blocks ``taps``, default all:
+    ``edge_lbp.export.side``).
     """
     import onnx
 
     from edge_lbp.export.lbp_rewrite import LbpConfig, apply_lbp
 
+    from edge_lbp.zo import parse_method
+
     say = progress or (lambda line: None)
+    zo_blocks = parse_method(method)
+    if method != "backprop" and train != "all":
+        raise ValueError(f"--method {method} chooses the trainable set itself; leave --train at all")
+    if taps is not None and zo_blocks != "side":
+        raise ValueError("--taps applies to --method side")
+    train = "side" if zo_blocks == "side" else f"last:{zo_blocks}" if zo_blocks else train
     # Everything that can be checked without the model is checked before the slow stages.
     config = LbpConfig.parse(lbp, grid=grid, extra_tokens=extra_tokens, block=block)
     if optimizer not in training.OPTIMIZERS:
@@ -98,8 +113,14 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
         raise ValueError(f"learning rate must be positive, got {lr}")
     if extra_tokens is not None and grid is None:
         raise ValueError("--extra-tokens only applies with --grid (the grid they precede)")
+    from edge_lbp.export import lora
+
+    rank = lora.rank_of(train)
+    adapt = None if rank is None else (lambda module: lora.add_adapters(module, rank))
+    if zo_blocks == "side":
+        adapt = _side_wrapper(model, taps, num_classes)
     say(f"forward ONNX from {_describe(model)}")
-    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes)
+    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes, adapt=adapt)
     input_shape = source["input_shape"]
     if len(input_shape) == 2 and config.grid is None:
         raise ValueError(f"{source['source']}: the input is a token sequence (batch, {input_shape[0]}, "
@@ -113,14 +134,16 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
             result = training.generate_training_artifacts(forward, tmp, trainable=train, optimizer=optimizer)
             if eval_forward is not None:
                 _replace_eval_graph(eval_forward, tmp, train, optimizer)
+        training_graph = onnx.load(result["training_model.onnx"])
+        record = _method_record(method, zo_blocks, forward, training_graph, result["frozen"], adapt)
         say(f"LBP rewrite ({lbp})")
-        rewritten, table = apply_lbp(onnx.load(result["training_model.onnx"]), forward, input_shape, config)
+        rewritten, table = apply_lbp(training_graph, forward, input_shape, config)
         say(f"writing {out_dir}")
         manifest = writer.write_artifact(
             out_dir, forward=forward, training=rewritten, ort_dir=tmp, trainable=result["requires_grad"],
             frozen=result["frozen"], labels=result["labels"], lr=lr, model=source, trainable_set=train,
             lbp={"spec": lbp, **dataclasses.asdict(config), "layers": table},
-            normalization=mean_std)
+            normalization=mean_std, method=record)
     sizes = _parameter_sizes(forward)
     return Report(source=source["source"], out_dir=Path(out_dir), layers=table,
                   trainable=sum(sizes[n] for n in manifest["trainable"]),
@@ -136,29 +159,64 @@ def _replace_eval_graph(eval_forward, ort_dir, train, optimizer):
         shutil.copyfile(Path(tmp) / "eval_model.onnx", Path(ort_dir) / "eval_model.onnx")
 
 
+def _side_wrapper(model, taps, num_classes):
+    """The side network around the torch module (``load_model``'s ``adapt``); it records the blocks it taps."""
+    from edge_lbp.export.side import SideTuned
+
+    if isinstance(model, (str, os.PathLike)) and (os.fspath(model).endswith(".onnx") or Path(model).is_file()):
+        raise ValueError(f"{os.fspath(model)}: side-tuning wraps a torch model with a 'blocks' list (a preset, a "
+                         "module or a factory), not an ONNX file")
+
+    def wrap(module):
+        side = SideTuned(module, taps, num_classes)
+        wrap.taps = list(side.taps)
+        return side
+
+    return wrap
+
+
+def _method_record(method, zo_blocks, forward, training_graph, frozen, adapt):
+    """The manifest's ``method`` entry (None for plain backprop); for ``side``, after checking that the training
+    graph has no backward through the backbone."""
+    if zo_blocks is None:
+        return None
+    if zo_blocks == "side":
+        from edge_lbp.export.side import backbone_reads
+
+        read, differentiated = backbone_reads(forward, training_graph)
+        if read or differentiated:  # a guard on the wrapper itself: the backbone must be frozen and detached
+            raise RuntimeError(f"side-tuning: the backward reaches the backbone ({(read + differentiated)[:3]})")
+        return {"name": "side", "taps": adapt.taps}
+    return {"name": "zo-hybrid", "blocks": zo_blocks, "zo": list(frozen)}
+
+
 def _describe(model):
     return model if isinstance(model, (str, os.PathLike)) else type(model).__name__
 
 
-def load_model(model, *, input_shape=None, num_classes=None):
+def load_model(model, *, input_shape=None, num_classes=None, adapt=None):
     """(forward ModelProto, source record, eval-mode forward or None) for any accepted ``model``; the record names
     the source, its kind, the input shape (C, H, W) and the number of classes. The eval-mode forward is there
-    when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``)."""
+    when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``).
+    ``adapt``: applied to the torch module before its export (LoRA adapters, the side network); an ONNX file
+    cannot take it."""
     import torch
 
     if isinstance(model, torch.nn.Module):
         return _from_module(model, f"{type(model).__module__}.{type(model).__qualname__}", "module",
-                            input_shape, num_classes)
+                            input_shape, num_classes, adapt)
     text = os.fspath(model)
     from edge_lbp.export import hf, models
 
     if text in models.PRESETS:
-        return _from_preset(text, input_shape, num_classes)
+        return _from_preset(text, input_shape, num_classes, adapt)
     if text.startswith(hf.PREFIX):
         return _from_module(hf.load_checkpoint(text[len(hf.PREFIX):], num_classes), text, "hf", input_shape,
-                            num_classes)
+                            num_classes, adapt)
     if _FACTORY.fullmatch(text):
-        return _from_module(_call_factory(text, num_classes), text, "factory", input_shape, num_classes)
+        return _from_module(_call_factory(text, num_classes), text, "factory", input_shape, num_classes, adapt)
+    if Path(text).is_file() and adapt is not None:
+        raise ValueError(f"{text}: LoRA adapters are added to a torch model before its export, not to an ONNX file")
     if Path(text).is_file():
         return _from_onnx(text, input_shape, num_classes)
     if text.endswith(".onnx"):
@@ -167,7 +225,7 @@ def load_model(model, *, input_shape=None, num_classes=None):
                      "a .onnx file, package.module:factory, or hf:PATH")
 
 
-def _from_preset(name, input_shape, num_classes):
+def _from_preset(name, input_shape, num_classes, adapt=None):
     import torch
 
     from edge_lbp.export import models
@@ -182,7 +240,7 @@ def _from_preset(name, input_shape, num_classes):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         module = models.build_model(name, **overrides)
-    return _from_module(module, name, "preset", None, num_classes)
+    return _from_module(module, name, "preset", None, num_classes, adapt)
 
 
 def _call_factory(spec, num_classes):
@@ -205,7 +263,7 @@ def _call_factory(spec, num_classes):
     return module
 
 
-def _from_module(module, source, kind, input_shape, num_classes):
+def _from_module(module, source, kind, input_shape, num_classes, adapt=None):
     from edge_lbp.export import onnx_export
 
     from edge_lbp.export.hf import input_shape as config_input_shape
@@ -217,6 +275,8 @@ def _from_module(module, source, kind, input_shape, num_classes):
     if input_shape is None:
         raise ValueError(f"input shape of {source} is unknown; give it as C,H,W (--input-shape)")
     module, _ = replace_multihead_attention(module)  # ORT cannot differentiate nn.MultiheadAttention's export
+    if adapt is not None:
+        module = adapt(module)
     forward = onnx_export.export_forward(module, tuple(input_shape))
     eval_forward = None
     if onnx_export.draws_random(forward):

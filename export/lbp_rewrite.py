@@ -11,15 +11,15 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from edge_lbp import defaults, ops
-from edge_lbp.bases import parse_selection
-from edge_lbp.geometry import parse_grid
+from edge_lbp.bases import check_block, parse_selection
+from edge_lbp.geometry import Geometry, parse_grid
 from edge_lbp.wht import Projector
 from edge_lbp.export import lbp_functions
 
@@ -34,12 +34,12 @@ class LbpConfig:
     overrides: Tuple[Tuple[str, str], ...] = ()
     grid: Optional[Tuple[int, int]] = None
     extra_tokens: Optional[int] = None
-    block: int = defaults.BLOCK
+    block: Union[int, str] = defaults.EXPORT_BLOCK  # a power of two, or "auto" (chosen per layer: auto_block)
     grad_padding: str = "reflect"
 
     @classmethod
     def parse(cls, lbp: str = defaults.SELECTION, *, grid=None, extra_tokens=None,
-              block=defaults.BLOCK) -> "LbpConfig":
+              block=defaults.EXPORT_BLOCK) -> "LbpConfig":
         """``"lp-tri:4"`` or ``"lp-tri:4,blocks.0.*=none"``: a default, then ``pattern=spec`` overrides."""
         default, *rest = [part.strip() for part in lbp.split(",")]
         overrides = []
@@ -48,11 +48,12 @@ class LbpConfig:
             if not sep or not pattern:
                 raise ValueError(f"--lbp override {item!r} is not of the form PATTERN=SPEC (e.g. blocks.0.*=none)")
             overrides.append((pattern.strip(), spec.strip()))
+        block = defaults.AUTO if str(block).strip().lower() == defaults.AUTO else check_block(int(block))
         config = cls(default, tuple(overrides), parse_grid(grid) if grid is not None else None,
-                     None if extra_tokens is None else int(extra_tokens), int(block))
+                     None if extra_tokens is None else int(extra_tokens), block)
         for spec in [default] + [s for _, s in overrides]:
             if spec != "none":
-                parse_selection(spec, block)
+                parse_selection(spec, defaults.BLOCK if block == defaults.AUTO else block)
         return config
 
     def spec_for(self, weight: str) -> str:
@@ -202,12 +203,39 @@ def _block_for(grid, block):
     return max(2, min(block, cover))
 
 
+def _rank(spec, block):
+    """The selection's rank at this block; infinite when it does not fit (energy:10 in a 2x2 block)."""
+    try:
+        return parse_selection(spec, block).rank
+    except ValueError:
+        return float("inf")
+
+
+def auto_block(grid, spec) -> Tuple[int, str]:
+    """``--block auto``: the largest block up to ``defaults.BLOCK`` that cuts the grid into at least
+    ``defaults.MIN_BLOCKS`` blocks while the selection still drops bases (rank < k^2); without one, the smallest
+    block that still drops bases. Returns the block and the reason, for the export report."""
+    h, w = grid
+    blocks = lambda k: Geometry(h, w, 0, k).blocks  # noqa: E731
+    dropping = [k for k in (defaults.BLOCK >> i for i in range(defaults.BLOCK.bit_length() - 1))
+                if _rank(spec, k) < k * k]  # largest first
+    if not dropping:
+        return _block_for(grid, defaults.BLOCK), f"no block up to {defaults.BLOCK} keeps fewer bases than {spec}"
+    chosen = next((k for k in dropping if blocks(k) >= defaults.MIN_BLOCKS), dropping[-1])
+    why = f"{blocks(chosen)} blocks per image"
+    if chosen != dropping[0]:
+        why += f" (k{dropping[0]} would leave {blocks(dropping[0])})"
+    elif blocks(chosen) < defaults.MIN_BLOCKS:
+        why += f" (a smaller block would keep all bases of {spec})"
+    return chosen, why
+
+
 def plan_layers(layers, shapes, image_hw, config: LbpConfig):
     """One table row per layer, and the projector of each layer to rewrite (None when it stays exact)."""
     rows, projectors = [], []
     for layer in layers:
         row = dict(layer=layer.weight, node=layer.node, kind=layer.kind, status="exact", reason=None, grid=None,
-                   extra_tokens=None, block=None, selection=None, rank=None, tokens=None, rows=None,
+                   extra_tokens=None, block=None, block_reason=None, selection=None, rank=None, tokens=None, rows=None,
                    flop_ratio=None)
         spec, projector = config.spec_for(layer.weight), None
         geometry = layer_geometry(layer, shapes[layer.activation], image_hw, config)
@@ -219,7 +247,11 @@ def plan_layers(layers, shapes, image_hw, config: LbpConfig):
             row["reason"] = geometry
         else:
             grid, extra = geometry
-            projector = Projector.of(grid, extra, _block_for(grid, config.block), spec)
+            if config.block == defaults.AUTO:
+                block, row["block_reason"] = auto_block(grid, spec)
+            else:
+                block = _block_for(grid, config.block)
+            projector = Projector.of(grid, extra, block, spec)
             g = projector.geometry
             row.update(status="rewritten", grid=list(grid), extra_tokens=extra, block=g.block,
                        selection=projector.selection.name, rank=projector.rank, tokens=g.tokens,

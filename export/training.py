@@ -14,8 +14,10 @@ Facts about onnxruntime-training 1.19 this module relies on:
 import re
 from pathlib import Path
 
+from edge_lbp.runtime.lora import LORA_A, LORA_B
+
 LABELS_NAME = "labels"
-TRAINABLE_CHOICES = ("all", "last:K", "bias", "head")
+TRAINABLE_CHOICES = ("all", "last:K", "bias", "head", "lora:R")
 OPTIMIZERS = ("adamw", "sgd")
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
@@ -23,6 +25,7 @@ ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onn
 BLOCK_PATTERN = re.compile(r"blocks\.(\d+)\.")
 HEAD_PREFIXES = ("head.", "head_dist.")
 FINAL_NORM_PREFIX = "norm."
+ADAPTER_SUFFIXES = (f".{LORA_A}", f".{LORA_B}")
 _NORM_OPS = ("LayerNormalization", "BatchNormalization")
 
 
@@ -46,6 +49,7 @@ def split_parameters(model, trainable="all"):
     - ``last:K``: the last K transformer blocks (``blocks.<i>.``), the final norm (``norm.``) and the head.
     - ``bias``: every bias, every normalisation scale/shift, and the head.
     - ``head``: the classifier only (``head.`` and, for DeiT, ``head_dist.``).
+    - ``lora:R``: the LoRA adapters (``export.lora``, added before the export) and the head.
     """
     names = parameter_names(model)
     head = {n for n in names if n.startswith(HEAD_PREFIXES)}
@@ -53,6 +57,10 @@ def split_parameters(model, trainable="all"):
         chosen = set(names)
     elif trainable == "head":
         chosen = head
+    elif re.fullmatch(r"lora:[1-9]\d*", trainable):
+        chosen = head | {n for n in names if n.endswith(ADAPTER_SUFFIXES)}
+    elif trainable == "side":  # the side network of edge_lbp.export.side; the backbone stays frozen
+        chosen = {n for n in names if n.startswith("side.")}
     elif trainable == "bias":
         norms = {n.input[i] for n in model.graph.node if n.op_type in _NORM_OPS for i in (1, 2) if i < len(n.input)}
         chosen = head | {n for n in names if n.endswith(".bias") or n in norms}

@@ -14,13 +14,14 @@ from edge_lbp.runtime.artifact import (BATCH, GRAPH_FILES, INPUT_RANGE, MANIFEST
 
 
 def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, labels, lr, lbp, model,
-                   trainable_set, normalization):
+                   trainable_set, normalization, method=None):
     """Write the artifact folder ``out_dir`` and return its manifest (a dict).
 
     ``forward``: the forward ModelProto (parameter values and the model's inputs/outputs are read from it);
     ``training``: the rewritten training ModelProto; ``ort_dir``: the folder ``generate_training_artifacts`` wrote
     (eval and optimizer graphs and checkpoint are copied from it byte for byte); ``lbp``: the LBP config and
-    per-layer table; ``model``: the source description; ``normalization``: ``(mean, std)`` per channel.
+    per-layer table; ``model``: the source description; ``normalization``: ``(mean, std)`` per channel;
+    ``method``: the training method's record (``runtime.artifact.training_method``), None for plain backprop.
 
     The folder is assembled next to ``out_dir`` and then moved into place, so a failure never leaves a half
     artifact. An existing ``out_dir`` is replaced only when it is empty or holds an artifact (a manifest).
@@ -61,6 +62,8 @@ def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, la
                               "input_range": INPUT_RANGE},
             "checksums": {_relative(p, stage): sha256(p) for p in _files(stage)},
         }
+        if method is not None:
+            manifest["method"] = method
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         for path in stage.rglob("*"):  # safetensors and ORT write 0600: the artifact is as readable as any folder
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())

@@ -15,9 +15,11 @@ ENGINES = ("numba", "ort")
 AUTO = "auto"  # the device engine, numba
 
 
-def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True, seed: int = 0):
+def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True, seed: int = 0, zo=None):
     """Open an artifact folder with the chosen engine; ``threads`` caps Numba and BLAS together (default: all cores);
-    ``seed``: what Dropout and drop-path draw from (numba engine; ``Session.seed``)."""
+    ``seed``: what Dropout and drop-path draw from, and the ZO perturbations (numba engine; ``Session.seed``);
+    ``zo``: the ZO hyper-parameters of a ``zo-hybrid`` artifact (``edge_lbp.zo.ZOConfig`` or a mapping; default
+    its defaults)."""
     if engine == AUTO:
         engine = "numba"
     if engine not in ENGINES:
@@ -25,7 +27,20 @@ def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True,
     set_threads(threads)
     from edge_lbp.runtime.artifact import Artifact
 
+    from edge_lbp.runtime.artifact import training_method
+
     artifact = Artifact.open(artifact_dir, verify=verify)
+    method = training_method(artifact.manifest)["name"]
+    if method == "zo-hybrid":
+        if engine != "numba":
+            raise ValueError(f"{artifact_dir}: a zo-hybrid artifact trains on the numba engine only (the {engine} "
+                             "engine would train the backprop part alone)")
+        from edge_lbp.runtime.zo_session import ZOHybridSession
+
+        return ZOHybridSession(artifact, seed, zo)
+    if zo is not None:
+        raise ValueError(f"{artifact_dir}: ZO options apply to zo-hybrid artifacts; this one trains by {method} "
+                         "(export it with --method zo-hybrid:K)")
     if engine == "numba":
         from edge_lbp.runtime.numba_session import NumbaSession
 

@@ -37,7 +37,8 @@ INPUT_RANGE = [0.0, 1.0]  # images are scaled to this range before (x - mean) / 
 _REQUIRED = {"schema_version": int, "graphs": dict, "params": str, "labels": str, "inputs": list, "outputs": list,
              "trainable": list, "frozen": list, "checksums": dict}
 _OPTIONAL = {"ort_checkpoint": str, "optimizer": dict, "normalization": dict, "lbp": dict, "model": dict,
-             "loss": dict, "trainable_set": str}
+             "loss": dict, "trainable_set": str, "method": dict}
+BACKPROP = {"name": "backprop"}  # the method of an artifact whose manifest names none
 
 
 class ArtifactError(ValueError):
@@ -47,6 +48,13 @@ class ArtifactError(ValueError):
 def logits_output(manifest: dict) -> dict:
     """The model's output record ``{name, dtype, shape}``: the logits, ``shape[-1]`` classes."""
     return manifest["outputs"][0]
+
+
+def training_method(manifest: dict) -> dict:
+    """How the artifact trains: ``{"name": "backprop"}``, ``{"name": "zo-hybrid", "blocks": K, "zo": [names]}``
+    (the ``zo`` parameters by SPSA, the trainable ones by the training graph) or ``{"name": "side", "taps":
+    [tensor names], ...}`` (a side network reading those backbone tensors)."""
+    return manifest.get("method", BACKPROP)
 
 
 def model_input(manifest: dict) -> dict:

@@ -75,38 +75,71 @@ def _check_types(graph: onnx.GraphProto) -> List[str]:
     return problems
 
 
+def _root(array: np.ndarray) -> np.ndarray:
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
 class LiveBytes:
-    """Peak bytes held at once by a run's intermediates: arrays a kernel allocated (not views, which share their
-    base's memory, nor feeds and constants, which the caller owns)."""
+    """Peak bytes held at once by a run's intermediates: the memory kernels allocated, counted once per buffer
+    (a view counts its base when that base is new: kernels return reshaped or transposed views of fresh arrays)
+    and never for feeds and constants, which the caller owns."""
 
     def __init__(self):
         self.live = self.peak = 0
-        self._held: Dict[int, int] = {}
+        self.history: List[int] = []  # bytes held right after each step, before its releases
+        self._roots: Dict[int, list] = {}  # id(base) -> [base, slots holding it, first slot]
+        self._slot_root: Dict[int, int] = {}
+        self._external = None
 
     def count(self, step: Step, values, feeds, constants) -> None:
+        if self._external is None:
+            self._external = {id(_root(v)) for v in (*feeds.values(), *constants.values())
+                              if isinstance(v, np.ndarray)}
         for slot in step.outputs:
             value = values[slot] if slot >= 0 else None
-            if (isinstance(value, np.ndarray) and not isinstance(value.base, np.ndarray) and slot not in self._held
-                    and not any(value is v for v in (*feeds.values(), *constants.values()))):
-                self._held[slot] = value.nbytes
-                self.live += value.nbytes
+            if not isinstance(value, np.ndarray) or slot in self._slot_root:
+                continue
+            root = _root(value)
+            if id(root) in self._external:
+                continue
+            held = self._roots.setdefault(id(root), [root, set(), slot])
+            if not held[1]:
+                self.live += root.nbytes
+            held[1].add(slot)
+            self._slot_root[slot] = id(root)
         self.peak = max(self.peak, self.live)
+        self.history.append(self.live)
         for slot in step.release:
-            self.live -= self._held.pop(slot, 0)
+            key = self._slot_root.pop(slot, None)
+            if key is not None:
+                root, slots, _ = self._roots[key]
+                slots.discard(slot)
+                if not slots:
+                    self.live -= root.nbytes
+                    del self._roots[key]
+
+    def held(self):
+        """``(first slot, bytes)`` of every buffer held now (the slot that first held it: its producer's output)."""
+        return [(first, root.nbytes) for root, _, first in self._roots.values()]
 
 
 class Graph:
     """A loaded graph. ``feeds`` names the inputs a caller must give; ``constants`` holds the initializers."""
 
-    def __init__(self, model: onnx.ModelProto, *, name: str = "graph", random=None):
+    def __init__(self, model: onnx.ModelProto, *, name: str = "graph", random=None, bases=None):
         """``random``: the ``kernels.stochastic.RandomStream`` the graph's random kernels draw from (default: one
-        seeded with 0)."""
+        seeded with 0); ``bases``: the ``edge_lbp.energy.AdaptiveBases`` of its ``energy:r`` layers (default: a
+        fresh one)."""
         import edge_lbp.runtime.kernels  # noqa: F401  (registers every kernel)
+        from edge_lbp.energy import AdaptiveBases
         from edge_lbp.runtime.kernels.stochastic import RandomStream
 
         graph = model.graph
         self.name = name
         self.random = random if random is not None else RandomStream(0)
+        self.bases = bases if bases is not None else AdaptiveBases()
         self.constants: Dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.feeds = [vi.name for vi in graph.input if vi.name not in self.constants]
         # Declared input shapes (None for a symbolic dimension), to check what a caller binds before a step runs.
@@ -123,7 +156,7 @@ class Graph:
                 no_kernel.setdefault(op, []).append(node.name or "(unnamed)")
                 continue
             try:
-                steps.append((node, registry.build(node, self.random)))
+                steps.append((node, registry.build(node, self.random, self.bases)))
             except ValueError as err:
                 problems.append(f"node {node.name} ({op}): {err}")
         for op, nodes in sorted(no_kernel.items()):

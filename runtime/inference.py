@@ -9,15 +9,19 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edge_lbp.ops import MAX_IR_VERSION, STANDARD_DOMAINS
+from edge_lbp.runtime.lora import fold_lora
 
 
 def inference_model(session) -> onnx.ModelProto:
-    """The eval graph cut down to the logits, with the session's current parameters as initializers."""
+    """The eval graph cut down to the logits, with the session's current parameters as initializers (LoRA
+    adapters folded into the weights they adapt)."""
     artifact = session.artifact
     output = artifact.logits
-    model = artifact.inference_graph()
-    params = session.parameters()
+    model, params = fold_lora(artifact.inference_graph(), session.parameters())
     graph = model.graph
+    read = {i for n in graph.node for i in n.input}
+    for value_info in [i for i in graph.input if i.name not in read]:  # the folded adapters
+        graph.input.remove(value_info)
     del graph.output[:]  # typed as the manifest records it: a model file must say what it returns
     graph.output.append(helper.make_tensor_value_info(
         output["name"], helper.np_dtype_to_tensor_dtype(np.dtype(output["dtype"])), output["shape"]))

@@ -6,6 +6,7 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 from edge_lbp import ops
+from edge_lbp.energy import AdaptiveBases
 from edge_lbp.runtime.artifact import Artifact, ArtifactError, model_input
 from edge_lbp.runtime.graph import Graph, LiveBytes, mismatched_shapes
 from edge_lbp.runtime.kernels.stochastic import RandomStream
@@ -43,8 +44,9 @@ class NumbaSession(Session):
         self.trainable = artifact.trainable
         self.grads = {p: np.zeros_like(self.params[p]) for p in self.trainable}
         self.random = RandomStream(self.seed)
+        self.bases = AdaptiveBases()
         self.training = Graph(fold_transpose_into_gemm(artifact.graph("training")), name="training graph",
-                              random=self.random)
+                              random=self.random, bases=self.bases)
         self.eval = Graph(artifact.inference_graph(), name="eval graph", random=self.random)
         self.optimizer = Graph(artifact.graph("optimizer"), name="optimizer graph")
         wrong = mismatched_shapes(self.training, self.params) + mismatched_shapes(self.eval, self.params)
@@ -105,26 +107,46 @@ class NumbaSession(Session):
     def step_bytes(self, batch: int) -> int:
         """Measured on two probe steps (batch 1 and 2, zeros; the gradient buffers are overwritten, the parameters
         and moments untouched) and extrapolated: a step's intermediates grow linearly with the batch."""
+        return self._extrapolate(batch, lambda x, y, meter: self.forward_backward(x, y, meter=meter))
+
+    def eval_bytes(self, batch: int) -> int:
+        """What an evaluation step at ``batch`` allocates (its intermediates' peak), measured like ``step_bytes``."""
+        return self._extrapolate(batch, lambda x, y, meter: self.eval.run({**self._feeds(x), **self.params},
+                                                                        meter=meter))
+
+    def _extrapolate(self, batch: int, run) -> int:
+        """Peak bytes of ``run(x, y, meter)`` at ``batch``, from runs at batch 1 and 2: what is held after each step
+        grows linearly with the batch, so each step's holding is extrapolated and the largest taken. (The peak
+        itself does not extrapolate: at batch 1 and 2 it may sit at a weight gradient's temporaries, which do not
+        grow, while at batch 32 it sits among the activations.)"""
         shape = model_input(self.artifact.manifest)["shape"][1:]
         if not all(isinstance(d, int) for d in shape):
             raise Unsupported(f"the input shape {shape} is not fixed; no memory estimate")
-        peaks = []
+        histories, passes, bases = [], self._passes, self.bases.state()
         for probe in (1, 2):
             meter = LiveBytes()
-            self.forward_backward(np.zeros((probe, *shape), np.float32), np.zeros(probe, np.int64), meter=meter)
-            peaks.append(meter.peak)
-        per_sample = max(0, peaks[1] - peaks[0])
-        return max(0, peaks[0] - per_sample) + per_sample * int(batch)
+            run(np.zeros((probe, *shape), np.float32), np.zeros(probe, np.int64), meter)
+            histories.append(np.array(meter.history, np.int64))
+        # The probes are not training: random draws keep their (step, pass) keys, and energy:r selects as if they
+        # never ran.
+        self._passes = passes
+        self.bases.set_state(bases)
+        one, two = histories
+        return int(max(0, (one + np.maximum(0, two - one) * (int(batch) - 1)).max()))
 
     def gradients(self) -> Dict[str, np.ndarray]:
         return self.grads
 
     def optimizer_state(self) -> dict:
+        """The step, the moments, and (``bases``) the ``energy:r`` layers' averages and selections."""
         return {"step": self.step, **{m: {p: a.copy() for p, a in zip(self.trainable, arrays)}
-                                      for m, arrays in self.moments.items()}}
+                                      for m, arrays in self.moments.items()},
+                **({"bases": self.bases.state()} if self.bases.layers else {})}
 
     def set_optimizer_state(self, state: Mapping) -> None:
         self.step = int(state["step"])
+        if self.bases.layers:
+            self.bases.set_state(state["bases"])
         for moment, arrays in self.moments.items():
             for p, array in zip(self.trainable, arrays):
                 array[...] = state[moment][p]

@@ -11,6 +11,7 @@ from typing import Dict, Mapping
 
 import numpy as np
 
+from edge_lbp.bases import is_adaptive
 from edge_lbp.runtime.artifact import Artifact
 from edge_lbp.runtime.session import Capabilities, Inputs, Session
 
@@ -30,6 +31,11 @@ class OrtSession(Session):
         except ImportError as err:
             raise RuntimeError(f"the ort engine needs onnxruntime-training (pip install 'edge-lbp[export]'): {err}")
         manifest = artifact.manifest
+        adaptive = [r["layer"] for r in manifest.get("lbp", {}).get("layers", [])
+                    if is_adaptive(r.get("selection") or "")]
+        if adaptive:  # the function bodies hold the starting bases as constants: ORT would never re-select
+            raise ValueError(f"{artifact.folder}: {adaptive[0]} (and {len(adaptive) - 1} more) use energy:r bases, "
+                             "which only the numba engine re-selects while training; use the numba engine")
         if "ort_checkpoint" not in manifest:
             raise ValueError(f"{artifact.folder}: this artifact has no ORT checkpoint; use the numba engine")
         self.state = api.CheckpointState.load_checkpoint(str(artifact.path(manifest["ort_checkpoint"])))

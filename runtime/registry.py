@@ -11,7 +11,8 @@ node belongs in the factory, so the per-step call does array work and nothing el
 
 The callable takes the node's inputs in order (``None`` for an omitted optional input) and returns a tuple with
 one entry per node output. A factory registered with ``random=True`` also takes ``stream=``, the graph's
-``kernels.stochastic.RandomStream`` it draws from.
+``kernels.stochastic.RandomStream`` it draws from; one registered with ``adaptive=True`` takes ``bases=``, the
+graph's ``edge_lbp.energy.AdaptiveBases`` (the ``energy:r`` layers' state).
 """
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -25,6 +26,7 @@ STANDARD_DOMAIN = ""  # how the registry spells ai.onnx
 Factory = Callable[[dict, onnx.NodeProto], Callable[..., tuple]]
 _KERNELS: Dict[Tuple[str, str], Factory] = {}
 _RANDOM = set()  # the keys of factories that take the graph's random stream
+_ADAPTIVE = set()  # the keys of factories that take the graph's adaptive bases
 # The opset versions whose semantics the kernels implement, per domain: axes as inputs (Squeeze, Unsqueeze,
 # ReduceSum) from 13; Split's num_outputs and ReduceMean's axes input from 18 (both forms are handled).
 OPSETS = {"": range(13, 19), ops.MICROSOFT: range(1, 2), ops.DOMAIN: range(ops.OPSET, ops.OPSET + 1)}
@@ -34,7 +36,7 @@ def _domain(domain: str) -> str:
     return STANDARD_DOMAIN if domain in STANDARD_DOMAINS else domain
 
 
-def register(op_type: str, domain: str = "", random: bool = False):
+def register(op_type: str, domain: str = "", random: bool = False, adaptive: bool = False):
     def add(factory: Factory) -> Factory:
         key = (_domain(domain), op_type)
         if key in _KERNELS:
@@ -42,6 +44,8 @@ def register(op_type: str, domain: str = "", random: bool = False):
         _KERNELS[key] = factory
         if random:
             _RANDOM.add(key)
+        if adaptive:
+            _ADAPTIVE.add(key)
         return factory
 
     return add
@@ -51,12 +55,12 @@ def lookup(domain: str, op_type: str) -> Optional[Factory]:
     return _KERNELS.get((_domain(domain), op_type))
 
 
-def build(node: onnx.NodeProto, stream=None) -> Callable[..., tuple]:
-    """The node's kernel; ``stream`` is the random stream handed to the factories registered ``random=True``."""
-    factory = _KERNELS[(_domain(node.domain), node.op_type)]
-    if (_domain(node.domain), node.op_type) in _RANDOM:
-        return factory(attributes(node), node, stream=stream)
-    return factory(attributes(node), node)
+def build(node: onnx.NodeProto, stream=None, bases=None) -> Callable[..., tuple]:
+    """The node's kernel; ``stream`` is the random stream handed to the factories registered ``random=True``,
+    ``bases`` the adaptive bases handed to those registered ``adaptive=True``."""
+    key = (_domain(node.domain), node.op_type)
+    extra = {**({"stream": stream} if key in _RANDOM else {}), **({"bases": bases} if key in _ADAPTIVE else {})}
+    return _KERNELS[key](attributes(node), node, **extra)
 
 
 def supported() -> List[Tuple[str, str]]:

@@ -52,6 +52,13 @@ class Session:
         # What training-mode randomness (Dropout, drop-path) draws from, where the engine controls it (numba).
         self.seed = int(seed)
         self.lr = float(artifact.manifest.get("optimizer", {}).get("lr", 1e-3))
+        # The schedule's factor of the peak learning rate, for what else follows it (the ZO part of zo-hybrid).
+        self.schedule_factor = 1.0
+
+    @property
+    def trained(self):
+        """The parameters that training changes: the artifact's trainable ones (and, for zo-hybrid, the ZO ones)."""
+        return self.artifact.trainable
 
     def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace: Optional[list] = None,
                          on_forward_end: Optional[Callable[[], None]] = None) -> float:

@@ -40,7 +40,7 @@ def test_demo_without_the_export_extra_needs_it_only_for_other_settings(tmp_path
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        "edge-lbp: error: the packaged vit-c10 artifact was exported for 8 classes, --lbp lp-tri:4 --block 8; "
+        "edge-lbp: error: the packaged vit-c10 artifact was exported for 8 classes, --lbp lp-tri:4 --block auto; "
         "8 classes, --lbp lp-tri:4 --block 4 needs a new export, which needs the export extra"), result.stderr
     assert "--artifact DIR" in lines[0]
 
@@ -64,8 +64,8 @@ def test_packaged_and_fresh_export_print_the_same_report(monkeypatch, capsys, ex
     fresh_out = capsys.readouterr().out
     (figures, how), (fresh_figures, fresh_how) = _artifact_line(packaged_out), _artifact_line(fresh_out)
     assert (how, fresh_how) == ("packaged", "exported now")
-    assert figures == fresh_figures == ("vit-c10 with --lbp lp-tri:4 --block 8: 24 linear layers rewritten (their "
-                                        "backward products 0.17x the FLOPs), 1,205,640 parameters")
+    assert figures == fresh_figures == ("vit-c10 with --lbp lp-tri:4 --block auto (k4): 24 linear layers rewritten "
+                                        "(their backward products 0.63x the FLOPs), 1,205,640 parameters")
     assert re.search(r"  kernels: (loaded from the Numba cache in|compiled \d+ Numba kernels in)", packaged_out)
     # the same weights, data and seed: the same accuracies, whichever way the artifact was made
     accuracy = re.compile(r"accuracy (?:before adaptation|after 1 epochs): [\d.]+%")

@@ -95,7 +95,7 @@ def test_manifest_schema(tmp_path):
     assert manifest["model"] == {"source": "deit-tiny", "kind": "preset", "family": "deit",
                                  "input_shape": [3, 32, 32], "num_classes": 10}
     assert manifest["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3, "input_range": [0.0, 1.0]}
-    assert manifest["lbp"]["spec"] == "lp-tri:4" and manifest["lbp"]["block"] == 8
+    assert manifest["lbp"]["spec"] == "lp-tri:4" and manifest["lbp"]["block"] == "auto"
 
 
 def test_adamw_hyper_parameters_come_from_the_graph(tmp_path):

@@ -41,8 +41,8 @@ def test_cli_exports_and_prints_the_report(capsys, tmp_path):
     assert manifest["optimizer"]["name"] == "sgd" and manifest["optimizer"]["lr"] == 0.05
     assert "LBP rewritten: 4 layer(s)" in out
     fc1 = next(line for line in out.splitlines() if "blocks.1.mlp.fc1.weight" in line)
-    assert "grid 8x8+1 " in fc1 and " k8 " in fc1 and "r=10" in fc1
-    assert "65 -> 11 rows" in fc1 and "0.17x backward FLOPs" in fc1
+    assert "grid 8x8+1 " in fc1 and " k4 " in fc1 and "r=10" in fc1  # --block auto: 4 blocks of 4x4
+    assert "65 -> 41 rows" in fc1 and f"{41 / 65:.2f}x backward FLOPs" in fc1
     assert "left exact: 5 layer(s)" in out and "blocks.0.attn.qkv.weight" in out and "--lbp none" in out
     assert "patch_embed.proj.weight" in out  # a 4x4 stride-4 convolution: not a per-token linear layer
     total = sum(p.numel() for p in models.build_model("vit-tiny").parameters())
@@ -52,14 +52,40 @@ def test_cli_exports_and_prints_the_report(capsys, tmp_path):
 
 
 def test_cli_block_sets_the_wht_block_side(capsys, tmp_path):
-    code, out, _ = run_cli(capsys, "vit-tiny", "-o", tmp_path / "art", "--block", "4")
+    code, out, _ = run_cli(capsys, "vit-tiny", "-o", tmp_path / "art", "--block", "8")
     assert code == 0
     fc1 = next(line for line in out.splitlines() if "blocks.1.mlp.fc1.weight" in line)
-    # CLS + 4 blocks of 4x4 x 10 bases
-    assert "grid 8x8+1 " in fc1 and " k4 " in fc1
-    assert "65 -> 41 rows" in fc1 and f"{41 / 65:.2f}x backward FLOPs" in fc1
+    # CLS + 1 block of 8x8 x 10 bases
+    assert "grid 8x8+1 " in fc1 and " k8 " in fc1
+    assert "65 -> 11 rows" in fc1 and "0.17x backward FLOPs" in fc1 and "block auto" not in out
     layers = json.loads((tmp_path / "art" / "manifest.json").read_text())["lbp"]["layers"]
-    assert {r["block"] for r in layers if r["status"] == "rewritten"} == {4}
+    assert {r["block"] for r in layers if r["status"] == "rewritten"} == {8}
+
+
+def test_cli_block_auto_keeps_four_blocks_and_says_why(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "vit-tiny", "-o", tmp_path / "art", "--block", "auto")
+    assert code == 0
+    assert "block auto: k4 on the 8x8 grid, 4 blocks per image (k8 would leave 1)" in out
+    fc1 = next(line for line in out.splitlines() if "blocks.1.mlp.fc1.weight" in line)
+    assert " k4 " in fc1 and "65 -> 41 rows" in fc1
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["lbp"]["block"] == "auto"
+
+
+@pytest.mark.parametrize("grid, spec, block", [
+    ((14, 14), "lp-tri:4", 8),  # ViT-B/16 at 224 px: padded to 16x16, 4 blocks of 8
+    ((8, 8), "lp-tri:4", 4),
+    ((7, 7), "lp-tri:4", 4),  # a Swin window: 1 block of 8 or 4; the smaller one has fewer bases to waste
+    ((4, 4), "lp-tri:4", 4),  # k2 has 4 bases, fewer than r=10: it would keep everything
+    ((4, 4), "lp-tri:2", 2),
+    ((8, 8), "energy:10", 4),
+    ((4, 4), "energy:10", 4),  # energy:10 does not fit a 2x2 block
+    ((56, 56), "lp-tri:6", 8),
+])
+def test_auto_block_is_the_largest_with_four_blocks_that_still_drops_bases(grid, spec, block):
+    from edge_lbp.export.lbp_rewrite import auto_block
+
+    assert auto_block(grid, spec)[0] == block
 
 
 def test_cli_grid_and_input_shape(capsys, tmp_path):

@@ -14,7 +14,7 @@ def test_assembled_artifact_passes_the_verifier_and_trains_the_demo_task(tmp_pat
     folder = packaged.assemble(tmp_path / "artifact")
     manifest = verify_artifact(folder)
     assert manifest["model"]["num_classes"] == packaged.CLASSES
-    assert manifest["lbp"]["spec"] == packaged.SETTINGS["lbp"] and manifest["lbp"]["block"] == 8
+    assert manifest["lbp"]["spec"] == packaged.SETTINGS["lbp"] and manifest["lbp"]["block"] == packaged.SETTINGS["block"]
     assert manifest["optimizer"]["name"] == "adamw" and manifest["optimizer"]["lr"] == packaged.SETTINGS["lr"]
     assert manifest["trainable_set"] == "all" and "ort_checkpoint" not in manifest
     assert sum(r["status"] == "rewritten" for r in manifest["lbp"]["layers"]) == 24
@@ -54,7 +54,7 @@ def test_packaged_settings_are_what_the_demo_and_exporter_default_to():
 
     args = build_parser().parse_args(["demo"])
     assert packaged.matches(packaged.CLASSES, args.lbp, args.block)
-    assert (packaged.SETTINGS["lbp"], packaged.SETTINGS["block"]) == (defaults.SELECTION, defaults.BLOCK)
+    assert (packaged.SETTINGS["lbp"], packaged.SETTINGS["block"]) == (defaults.SELECTION, defaults.EXPORT_BLOCK)
     assert not packaged.matches(packaged.CLASSES, args.lbp, 4) and not packaged.matches(3, args.lbp, args.block)
 
 

@@ -1,5 +1,5 @@
 """The ``edge-lbp`` command line: the parser here, one module per command (``demo``, ``export``, ``train`` with
-``eval``, ``profile``, ``doctor``, ``fleet``, ``ops``), each with a ``run(args)``.
+``eval``, ``profile``, ``doctor``, ``fleet``, ``ops``, ``plan``), each with a ``run(args)``.
 
 A command's module is imported only when that command runs, so ``edge-lbp --help`` stays fast and the device
 path never imports torch or onnxruntime. Every error reaches the user as one ``edge-lbp: error:`` line.
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_doctor(commands)
     _add_fleet(commands)
     _add_ops(commands)
+    _add_plan(commands)
     return parser
 
 
@@ -72,6 +73,11 @@ def _number(kind, smallest, strict):
 _count, _count0, _positive = _number(int, 1, False), _number(int, 0, False), _number(float, 0, True)
 
 
+def _block(text: str):
+    """``auto`` or a block side (checked as a power of two by the exporter, which says so in one line)."""
+    return defaults.AUTO if text.strip().lower() == defaults.AUTO else _count(text)
+
+
 def _add_data_options(cmd, required: bool) -> None:
     cmd.add_argument("--data", required=required, metavar="PATH",
                      help="an image folder (one sub-folder per class) or an .npz file (x_train/y_train, ...)")
@@ -90,8 +96,8 @@ def _add_demo(commands) -> None:
     cmd.add_argument("--artifact", metavar="DIR", help="adapt this exported artifact (no export extra needed)")
     cmd.add_argument("--epochs", type=_count, metavar="E", help="training epochs (default: the demo's own)")
     cmd.add_argument("--lbp", default=defaults.SELECTION, metavar="SPEC", help="LBP selection (default: %(default)s)")
-    cmd.add_argument("--block", type=_count, default=defaults.BLOCK, metavar="K",
-                     help="WHT block side for the bundled backbone's 8x8 token grid (default: %(default)s)")
+    cmd.add_argument("--block", type=_block, default=defaults.EXPORT_BLOCK, metavar="K",
+                     help="WHT block side or auto, for the bundled backbone's 8x8 token grid (default: %(default)s)")
     cmd.add_argument("--threads", type=_count, metavar="T", help="Numba + BLAS threads (default: all cores)")
     cmd.add_argument("--seed", type=_count0, default=0)
     cmd.set_defaults(run=_lazy("demo"))
@@ -118,6 +124,11 @@ def _add_train(commands) -> None:
     cmd.add_argument("--max-rejected", type=_count, default=10, metavar="N",
                      help="stop after N steps in a row with a non-finite loss or gradient (default: %(default)s)")
     cmd.add_argument("--seed", type=_count0, default=0)
+    zo = cmd.add_argument_group("zo-hybrid artifacts (defaults: edge_lbp.zo.ZOConfig)")
+    zo.add_argument("--zo-eps", type=_positive, metavar="X", help="SPSA perturbation scale (default: 1e-3)")
+    zo.add_argument("--zo-probes", type=_count, metavar="N", help="SPSA probes per step (default: 1)")
+    zo.add_argument("--zo-lr", type=_number(float, 0, False), metavar="X",
+                    help="peak learning rate of the ZO part, plain SGD, same schedule (default: 1e-4)")
     cmd.set_defaults(run=_lazy("train", "train"))
 
 
@@ -156,6 +167,19 @@ def _add_ops(commands) -> None:
     cmd.set_defaults(run=_lazy("ops"))
 
 
+def _add_plan(commands) -> None:
+    cmd = commands.add_parser("plan", help="peak memory of each training method at a batch size; which fit a budget",
+                              description="Estimate the peak memory of inference, this artifact's method, "
+                                          "zo-hybrid:K and side-tuning at a batch size, and say which fit.")
+    cmd.add_argument("artifact", metavar="ARTIFACT")
+    cmd.add_argument("--memory", required=True, metavar="SIZE", help="the budget: 512MB, 512MiB, 1.5GB, ...")
+    cmd.add_argument("--batch-size", type=_count, default=32, metavar="B", help="(default: %(default)s)")
+    cmd.add_argument("--zo-blocks", type=_count, default=2, metavar="K",
+                     help="the K of the zo-hybrid:K estimate (default: %(default)s)")
+    cmd.add_argument("--threads", type=_count, metavar="T", help="Numba + BLAS threads (default: all cores)")
+    cmd.set_defaults(run=_lazy("plan"))
+
+
 def _add_export(commands) -> None:
     cmd = commands.add_parser(
         "export", help="model -> artifact folder (ONNX training graphs with LBP-WHT, parameters, manifest)",
@@ -169,15 +193,20 @@ def _add_export(commands) -> None:
                      help="none | full | lp-tri:<o>, then optional ',<weight pattern>=<spec>' overrides "
                           "(default: %(default)s)")
     cmd.add_argument("--train", default="all", metavar="SPEC",
-                     help="trainable set: all | last:K | bias | head (default: %(default)s)")
+                     help="trainable set: all | last:K | bias | head | lora:R (default: %(default)s)")
     cmd.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     cmd.add_argument("--lr", type=_positive, default=1e-3, metavar="X", help="learning rate (default: %(default)s)")
     cmd.add_argument("--input-shape", metavar="C,H,W", help="input image shape (default: the model's own)")
     cmd.add_argument("--num-classes", type=int, metavar="N", help="number of classes (presets, factories, hf:PATH)")
     cmd.add_argument("--grid", metavar="HxW", help="token grid of the rewritten layers (default: inferred)")
     cmd.add_argument("--extra-tokens", type=int, metavar="E", help="tokens before the grid (CLS, distillation)")
-    cmd.add_argument("--block", type=_count, default=defaults.BLOCK, metavar="K",
-                     help="WHT block side (default: %(default)s)")
+    cmd.add_argument("--block", type=_block, default=defaults.EXPORT_BLOCK, metavar="K",
+                     help=f"WHT block side, or auto: per layer the largest block up to {defaults.BLOCK} that leaves "
+                          f"{defaults.MIN_BLOCKS} blocks per image (default: %(default)s)")
+    cmd.add_argument("--method", default="backprop", metavar="M",
+                     help="backprop | zo-hybrid:K (SPSA for all but the last K blocks + head, which backprop) | "
+                          "side (a query network + head beside the frozen backbone) (default: %(default)s)")
+    cmd.add_argument("--taps", metavar="I,J,...", help="--method side: the blocks it reads (default: all)")
     cmd.set_defaults(run=_lazy("export"))
 
 

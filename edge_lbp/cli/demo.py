@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_lbp import packaged
+from edge_lbp import defaults, packaged
 
 BACKBONE = packaged.BACKBONE
 EPOCHS = 8
@@ -65,7 +65,9 @@ def _artifact(args, work: Path) -> Path:
     manifest = json.loads((artifact / "manifest.json").read_text())
     rewritten = [r for r in manifest["lbp"]["layers"] if r["status"] == "rewritten"]
     ratio = statistics.mean(r["flop_ratio"] for r in rewritten) if rewritten else 1.0
-    _say(f"  export: {BACKBONE} with --lbp {args.lbp} --block {args.block}: {len(rewritten)} linear layers "
+    chosen = "/".join(f"k{k}" for k in sorted({r["block"] for r in rewritten}))
+    block = f"{args.block} ({chosen})" if args.block == defaults.AUTO and chosen else args.block
+    _say(f"  export: {BACKBONE} with --lbp {args.lbp} --block {block}: {len(rewritten)} linear layers "
          f"rewritten (their backward products {ratio:.2f}x the FLOPs), {_parameter_count(artifact):,} parameters, "
          f"{how}, {time.perf_counter() - started:.1f} s")
     return artifact

@@ -18,6 +18,6 @@ def run(args) -> int:
         args.model, args.out, lbp=args.lbp, train=args.train, optimizer=args.optimizer, lr=args.lr,
         input_shape=parse_shape(args.input_shape) if args.input_shape else None,
         num_classes=args.num_classes, grid=args.grid,
-        extra_tokens=args.extra_tokens, block=args.block, progress=progress)
+        extra_tokens=args.extra_tokens, block=args.block, method=args.method, taps=args.taps, progress=progress)
     print(report.format())
     return 0

@@ -37,7 +37,8 @@ def _train(args) -> int:
                              "another folder")
         trainer = Trainer(args.artifact, engine=args.engine, threads=args.threads, lr=args.lr,
                           schedule=args.schedule, warmup_steps=args.warmup_steps, accumulate=args.accumulate,
-                          clip_norm=args.clip_norm, seed=args.seed, max_rejected=args.max_rejected)
+                          clip_norm=args.clip_norm, seed=args.seed, max_rejected=args.max_rejected,
+                          zo=_zo_options(args))
     train = open_dataset(args.data, trainer.manifest, split="train", classes=trainer.classes)
     val = open_dataset(args.val, trainer.manifest, split="val", classes=train.classes) if args.val else None
     print(f"train: {len(train)} images, {len(train.classes)} classes ({train.source})"
@@ -60,6 +61,12 @@ def _train(args) -> int:
     if args.export_onnx:
         print(f"inference model: {export_inference(trainer.session, args.export_onnx)}")
     return 0
+
+
+def _zo_options(args):
+    """The ZO hyper-parameters given on the command line (the others keep their defaults); None when none is."""
+    given = {k: v for k, v in (("eps", args.zo_eps), ("probes", args.zo_probes), ("lr", args.zo_lr)) if v is not None}
+    return given or None
 
 
 def evaluate(args) -> int:

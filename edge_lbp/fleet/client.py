@@ -65,14 +65,15 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def trainable_record(session) -> ArrayRecord:
-    """The session's trainable parameters as an ``ArrayRecord``, by name, in the artifact's order."""
+    """The parameters the session trains as an ``ArrayRecord``, by name, in the artifact's order (for zo-hybrid,
+    the ZO parameters after the trainable ones: they move too)."""
     params = session.parameters()
-    return ArrayRecord({name: Array(params[name]) for name in session.artifact.trainable})
+    return ArrayRecord({name: Array(params[name]) for name in session.trained})
 
 
 def load_trainable(session, record: ArrayRecord) -> None:
     """Set the session's trainable parameters from ``record`` (names and shapes checked by the session)."""
-    names = session.artifact.trainable
+    names = list(session.trained)
     if list(record.keys()) != names:
         raise ValueError(f"the global model's parameters {list(record.keys())[:3]}... are not this artifact's "
                          f"trainable set {names[:3]}... (another export on the server?)")

@@ -1,16 +1,35 @@
-"""The edge_lbp ops on the fused WHT kernels (their ONNX function bodies are never run here)."""
+"""The edge_lbp ops on the fused WHT kernels (their ONNX function bodies are never run here).
+
+An ``energy:r`` layer's projection and gradient nodes share the layer's entry in the graph's adaptive bases
+(keyed by the stash tensor between them): both read its current selection, and the gradient node lets it
+measure the output gradient after use (``edge_lbp.energy``).
+"""
 import numpy as np
 
 from edge_lbp import ops
+from edge_lbp.bases import is_adaptive
 from edge_lbp.runtime.registry import register
 from edge_lbp.wht import lowrank_backward
 
 
-def _projector(attrs, node):
+def _layer(attrs, node, bases, stash):
+    """An object whose ``projector`` is the layer's current one (fixed, or its ``energy:r`` state), and the
+    gradient padding."""
     try:
-        return ops.projector_from_attributes(attrs)
+        projector, padding = ops.projector_from_attributes(attrs)
     except ValueError as err:
         raise ValueError(f"bad edge_lbp attributes: {err}") from None
+    if is_adaptive(projector.selection.name):
+        return bases.layer(stash, projector), padding
+    return _Fixed(projector), padding
+
+
+class _Fixed:
+    def __init__(self, projector):
+        self.projector = projector
+
+    def observe(self, gy, padding):
+        pass
 
 
 def _map_to_tokens(x):
@@ -18,45 +37,48 @@ def _map_to_tokens(x):
     return np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1))
 
 
-@register(ops.PROJECT, ops.DOMAIN)
-def wht_project(attrs, node):
-    projector, _ = _projector(attrs, node)
-    return lambda x, _dense=None: (projector.project(x),)
+@register(ops.PROJECT, ops.DOMAIN, adaptive=True)
+def wht_project(attrs, node, bases):
+    layer, _ = _layer(attrs, node, bases, node.output[0])
+    return lambda x, _dense=None: (layer.projector.project(x),)
 
 
-@register(ops.PROJECT_MAP, ops.DOMAIN)
-def wht_project_map(attrs, node):
-    projector, _ = _projector(attrs, node)
-    return lambda x, _dense=None: (projector.project(_map_to_tokens(x)),)
+@register(ops.PROJECT_MAP, ops.DOMAIN, adaptive=True)
+def wht_project_map(attrs, node, bases):
+    layer, _ = _layer(attrs, node, bases, node.output[0])
+    return lambda x, _dense=None: (layer.projector.project(_map_to_tokens(x)),)
 
 
 def _wants(node, index):
     return ops.is_used(node.output[index])
 
 
-@register(ops.MATMUL_GRAD, ops.DOMAIN)
-def wht_matmul_grad(attrs, node):
-    projector, padding = _projector(attrs, node)
+@register(ops.MATMUL_GRAD, ops.DOMAIN, adaptive=True)
+def wht_matmul_grad(attrs, node, bases):
+    layer, padding = _layer(attrs, node, bases, node.input[0])
     input_grad = _wants(node, 0)
 
     def run(x_hat, dy, b, *_dense):
         # y = a @ b with b (Ci, Co) is a linear layer with weight b^T; its gradient in b's orientation is gw^T.
-        gx, gw, _ = lowrank_backward(x_hat, dy, b.T, projector, grad_padding=padding, input_grad=input_grad,
+        gx, gw, _ = lowrank_backward(x_hat, dy, b.T, layer.projector, grad_padding=padding, input_grad=input_grad,
                                      bias_grad=False)
+        layer.observe(dy, padding)
         return gx, gw.T
 
     return run
 
 
-@register(ops.CONV_GRAD, ops.DOMAIN)
-def wht_conv_grad(attrs, node):
-    projector, padding = _projector(attrs, node)
+@register(ops.CONV_GRAD, ops.DOMAIN, adaptive=True)
+def wht_conv_grad(attrs, node, bases):
+    layer, padding = _layer(attrs, node, bases, node.input[0])
     input_grad = _wants(node, 0)
 
     def run(x_hat, dy, w, *_dense):
         batch, co, height, width = dy.shape
-        gx, gw, gb = lowrank_backward(x_hat, _map_to_tokens(dy), w.reshape(co, -1), projector,
-                                      grad_padding=padding, input_grad=input_grad)
+        tokens = _map_to_tokens(dy)
+        gx, gw, gb = lowrank_backward(x_hat, tokens, w.reshape(co, -1), layer.projector, grad_padding=padding,
+                                      input_grad=input_grad)
+        layer.observe(tokens, padding)
         dx = None if gx is None else np.ascontiguousarray(gx.transpose(0, 2, 1)).reshape(batch, -1, height, width)
         return dx, gw.reshape(w.shape), gb
 

@@ -1,0 +1,179 @@
+"""``edge-lbp plan``: the peak memory of each training method at a batch size, from one artifact, and which fit.
+
+The artifact is loaded on the numba engine and one inference step warms its kernels; the process's RSS then is the
+**baseline** every method shares (Python, numpy, Numba and its kernels, the graphs, the parameters). On top of it:
+
+- the **step**: the intermediates a step holds at its peak, from the engine's memory probe (``LiveBytes`` on runs at
+  batch 1 and 2, extrapolated per node). The artifact's own method and inference are measured so; the other
+  methods are estimated from where the artifact's own step holds its activations (per block, when the backward
+  starts): zo-hybrid:K keeps the last K blocks' share plus the backward's working set, at least an inference
+  forward; side keeps an inference forward plus one normalised ``B x N x C`` copy per tapped block (all blocks).
+  Full backprop and LBP need their own graphs: they are measured when the artifact is one, else not estimated.
+- the **state**: gradient buffers and optimizer moments of what the method trains by backprop (AdamW: 3 copies,
+  SGD: 1), and for zo-hybrid one parameter-sized draw.
+
+A method fits when baseline + step + state stays within 90 % of the budget (the memory guard's margin for what
+the arrays leave out: the allocator's and BLAS's own buffers).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+
+from edge_lbp.export.training import BLOCK_PATTERN, FINAL_NORM_PREFIX, HEAD_PREFIXES
+from edge_lbp.runtime.graph import LiveBytes
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+          "K": 2**10, "M": 2**20, "G": 2**30}
+_BLOCK = re.compile(r"/blocks\.(\d+)/")
+MARGIN = 0.9
+
+
+def parse_size(text: str) -> int:
+    """``512MB`` (10^6), ``512MiB`` or ``512M`` (2^20), ``1.5GB``, ``800000000``; a one-line ValueError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"memory {text!r} is not a size such as 512MB, 512MiB or 1.5GB")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+@dataclass
+class Row:
+    method: str
+    step: int
+    state: int
+    measured: bool
+
+    def total(self, baseline: int) -> int:
+        return baseline + self.step + self.state
+
+
+class _Snapshot(LiveBytes):
+    """LiveBytes that also records, when step ``at`` is done, the bytes held per block (by producing step)."""
+
+    def __init__(self, at: int, blocks):
+        super().__init__()
+        self.at, self.blocks, self.by_block, self._index, self._producer = at, blocks, {}, 0, {}
+
+    def count(self, step, values, feeds, constants) -> None:
+        for slot in step.outputs:
+            self._producer.setdefault(slot, self._index)
+        super().count(step, values, feeds, constants)
+        if self._index == self.at:
+            for slot, size in self.held():
+                block = self.blocks[self._producer[slot]]
+                self.by_block[block] = self.by_block.get(block, 0) + size
+        self._index += 1
+
+
+def _blocks_of(steps):
+    """The block index of each step (``None`` outside the blocks); a fused node without a scope name takes the
+    block of the named node before it."""
+    blocks, current = [], None
+    for step in steps:
+        match = _BLOCK.search(step.name)
+        if match:
+            current = int(match.group(1))
+        elif step.name.startswith("/"):
+            current = None
+        blocks.append(current)
+    return blocks
+
+
+def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
+    """``(baseline bytes, [Row])`` for ``batch``; see the module's description."""
+    import edge_lbp.runtime as runtime
+    from edge_lbp.runtime.artifact import model_input, training_method
+
+    session = runtime.load(artifact_dir, "numba", threads=threads)
+    manifest = session.artifact.manifest
+    shape = model_input(manifest)["shape"][1:]
+    rng = np.random.default_rng(0)
+    session.eval_step(rng.random((1, *shape), np.float32))
+    baseline = psutil.Process().memory_info().rss
+    inference = session.eval_bytes(batch)
+    copies = 1 + sum(1 for f in session.optimizer.feeds if f.endswith("_order_moments"))
+    size = {n: a.nbytes for n, a in session.params.items()}
+    method = training_method(manifest)
+    own = session.step_bytes(batch)
+    own_state = copies * sum(size[n] for n in session.trainable) + getattr(session, "_draw_bytes", 0)
+    name = _method_name(manifest, method)
+    rows = [Row("inference", inference, 0, True), Row(name, own, own_state, True)]
+    if method["name"] != "backprop" or set(session.trainable) != set(size):
+        return baseline, rows  # the per-block split needs a step that backpropagates through every block
+    blocks, held, passes = _blocks_of(session.training.steps), [], session._passes
+    for probe in (1, 2):
+        meter = _Snapshot(session._backward_start - 1, blocks)
+        session.forward_backward(np.zeros((probe, *shape), np.float32), np.zeros(probe, np.int64), meter=meter)
+        held.append(meter.by_block)
+    session._passes = passes
+    by_block = {b: held[0].get(b, 0) + max(0, held[1].get(b, 0) - held[0].get(b, 0)) * (batch - 1)
+                for b in set(held[0]) | set(held[1])}
+    stash = sum(by_block.values())
+    working = max(0, own - stash)
+    depth = 1 + max((b for b in by_block if b is not None), default=-1)
+    if depth > zo_blocks:
+        last = {b for b in by_block if b is not None and b >= depth - zo_blocks}
+        kept = sum(v for b, v in by_block.items() if b in last)
+        trained = [n for n in size if n.startswith((*HEAD_PREFIXES, FINAL_NORM_PREFIX))
+                   or ((m := BLOCK_PATTERN.match(n)) and int(m.group(1)) >= depth - zo_blocks)]
+        zo_params = [n for n in size if n not in trained]
+        rows.append(Row(f"zo-hybrid:{zo_blocks}", max(inference, kept + working),
+                        copies * sum(size[n] for n in trained) + max((size[n] for n in zo_params), default=0), False))
+    tokens = _block_output_bytes(session, batch, shape)
+    if tokens:
+        rows.append(Row("side", inference + depth * tokens, 0, False))
+    return baseline, rows
+
+
+def _block_output_bytes(session, batch, shape):
+    """Bytes of one block's output at ``batch`` (the first block's last node, its residual sum), or 0 when the
+    eval graph has no ``/blocks.0/`` node."""
+    steps = [i for i, step in enumerate(session.eval.steps) if step.name.startswith("/blocks.0/")]
+    if not steps:
+        return 0
+    sizes = []
+    session.eval.run({**session._feeds(np.zeros((1, *shape), np.float32)), **session.params},
+                     meter=_Output(steps[-1], sizes))
+    return sizes[0] * batch if sizes else 0
+
+
+class _Output(LiveBytes):
+    """Records the byte size of step ``at``'s first output."""
+
+    def __init__(self, at: int, sizes: list):
+        super().__init__()
+        self.at, self.sizes, self._index = at, sizes, 0
+
+    def count(self, step, values, feeds, constants) -> None:
+        if self._index == self.at and step.outputs and isinstance(values[step.outputs[0]], np.ndarray):
+            self.sizes.append(values[step.outputs[0]].nbytes)
+        self._index += 1
+        super().count(step, values, feeds, constants)
+
+
+def _method_name(manifest, method) -> str:
+    if method["name"] == "zo-hybrid":
+        return f"zo-hybrid:{method['blocks']}"
+    if method["name"] == "side":
+        return "side"
+    rewritten = any(r.get("status") == "rewritten" for r in manifest.get("lbp", {}).get("layers", []))
+    return "lbp" if rewritten else "full"
+
+
+def format_plan(artifact_dir, batch: int, budget: int, baseline: int, rows) -> str:
+    mib = 2**20
+    lines = [f"plan for {artifact_dir} at batch {batch}, budget {budget / mib:.0f} MiB (fits: within "
+             f"{MARGIN:.0%}, {MARGIN * budget / mib:.0f} MiB)",
+             f"baseline {baseline / mib:.0f} MiB: this process with the artifact loaded and its kernels warm",
+             f"{'method':<14}{'step':>10}{'state':>10}{'peak':>10}   fits   how"]
+    for row in rows:
+        total = row.total(baseline)
+        lines.append(f"{row.method:<14}{row.step / mib:>6.1f} MiB{row.state / mib:>6.1f} MiB{total / mib:>6.0f} MiB"
+                     f"   {'yes' if total <= MARGIN * budget else 'no ':<4}   "
+                     + ("measured by the engine's probe" if row.measured else "estimated from this artifact's step"))
+    return "\n".join(lines)

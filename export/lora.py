@@ -1,0 +1,56 @@
+"""LoRA adapters for the ``lora:R`` trainable set: rank-R updates beside frozen linear layers (workstation side).
+
+Each targeted ``nn.Linear`` (a name ending in ``qkv``, ``proj``, ``fc1`` or ``fc2``) becomes ``y = x W^T + b +
+(x A^T) B^T``, with ``A`` (R, in) and ``B`` (out, R) new parameters named ``<layer>.lora_a`` / ``<layer>.lora_b``
+next to the layer's ``weight`` and ``bias`` (kept under their names, so the backbone's weights still load). ``B``
+starts at zero, so the adapted model starts as the backbone; ``A`` is drawn from a fixed seed. The scale
+``alpha / R`` of the LoRA paper is 1 here: with AdamW it only rescales the learning rate of the adapters. The
+device folds ``B A`` into ``W`` when it writes the inference model (``edge_lbp.runtime.lora``).
+"""
+import copy
+import math
+import re
+
+import torch
+from torch import nn
+
+from edge_lbp.runtime.lora import LORA_A, LORA_B
+
+TARGETS = ("qkv", "proj", "fc1", "fc2")
+SPEC = re.compile(r"lora:([1-9]\d*)")
+
+
+def rank_of(trainable: str):
+    """``"lora:8"`` -> 8; None for any other trainable set."""
+    match = SPEC.fullmatch(trainable)
+    return int(match.group(1)) if match else None
+
+
+class LoraLinear(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int):
+        super().__init__()
+        if rank > min(base.in_features, base.out_features):
+            raise ValueError(f"LoRA rank {rank} exceeds the {base.out_features}x{base.in_features} layer it adapts")
+        self.weight, self.bias = base.weight, base.bias
+        setattr(self, LORA_A, nn.Parameter(torch.empty(rank, base.in_features)))
+        setattr(self, LORA_B, nn.Parameter(torch.zeros(base.out_features, rank)))
+        nn.init.kaiming_uniform_(getattr(self, LORA_A), a=math.sqrt(5))  # nn.Linear's own initialisation
+
+    def forward(self, x):
+        update = (x @ getattr(self, LORA_A).t()) @ getattr(self, LORA_B).t()
+        return nn.functional.linear(x, self.weight, self.bias) + update
+
+
+def add_adapters(module: nn.Module, rank: int) -> nn.Module:
+    """A copy of ``module`` with every targeted ``nn.Linear`` adapted; refuses a model with none."""
+    module = copy.deepcopy(module)
+    targets = [(name, child) for name, child in module.named_modules()
+               if isinstance(child, nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS]
+    if not targets:
+        raise ValueError(f"lora:{rank} adapts linear layers named {', '.join(TARGETS)}; the model has none")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for name, child in targets:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent_name) if parent_name else module, attr, LoraLinear(child, rank))
+    return module
