@@ -16,8 +16,8 @@ AUTO = "auto"  # the device engine, numba
 
 
 def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True, seed: int = 0):
-    """Open an artifact folder with the chosen engine; ``threads`` caps Numba and BLAS together (default: all cores);
-    ``seed``: what Dropout and drop-path draw from (numba engine; ``Session.seed``)."""
+    """Open an artifact folder with the chosen engine; ``threads`` fixes the Numba and BLAS thread count (default:
+    up to all cores, the numba engine choosing per pass from measured times: ``runtime.threads``); ``seed``: what Dropout and drop-path draw from (numba engine; ``Session.seed``)."""
     if engine == AUTO:
         engine = "numba"
     if engine not in ENGINES:
@@ -29,7 +29,7 @@ def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True,
     if engine == "numba":
         from edge_lbp.runtime.numba_session import NumbaSession
 
-        return NumbaSession(artifact, seed)
+        return NumbaSession(artifact, seed, threads)
     from edge_lbp.runtime.ort_session import OrtSession
 
     return OrtSession(artifact, seed)

@@ -7,10 +7,14 @@ A preset model (``vit-b16``, ``deit-ti16``, ``deit-s16``, ...) with random weigh
 per process), in rounds that alternate the configurations (A, B, C, ... A, B, C, ...); step times are pooled per
 configuration and medians compared. P6 times ``vit-tiny`` from process start to its first training step done,
 with an empty Numba cache (cold) and then with the cache that run filled (warm), alternated the same way.
-``--busy 1`` keeps one core busy with a spinning process for the whole run. Usage:
+The numba engine runs twice: ``numba`` with its default threads (tuned per pass, up to all cores) and
+``numba-fixed`` with ``--threads`` like the other engines. ``--busy 1`` keeps one core busy with a spinning process
+for the whole run. ``--engines ... executorch`` adds ExecuTorch's training runtime (``pip install
+executorch==1.5.*``). Usage:
 
     python tests/benchmarks/bench_engine.py [--preset vit-b16] [--batch 4] [--steps 5] [--rounds 2]
-        [--engines numba ort torch] [--threads 2] [--busy 0] [--startup-rounds 2] [--json out.json]
+        [--engines numba numba-fixed ort torch] [--lbp none lp-tri:4 lp-tri:6] [--threads 2] [--busy 0]
+        [--startup-rounds 1] [--workdir DIR] [--json out.json]
 """
 import argparse
 import json
@@ -22,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIGS = [("numba", "none"), ("numba", "lp-tri:4"), ("numba", "lp-tri:6"), ("ort", "none"), ("ort", "lp-tri:4"),
-           ("torch", "none"), ("executorch", "none")]
+# "numba" runs with the engine's default threads (tuned per pass, up to all cores); "numba-fixed" with --threads.
+CONFIGS = [("numba", "none"), ("numba", "lp-tri:4"), ("numba", "lp-tri:6"), ("numba-fixed", "none"),
+           ("numba-fixed", "lp-tri:4"), ("ort", "none"), ("ort", "lp-tri:4"), ("torch", "none"),
+           ("executorch", "none")]
 PEERS = ("torch", "executorch")  # engines that train the preset module itself, not an exported artifact
 STARTUP_GOALS = {"cold": 30, "warm": 3}
 
@@ -64,7 +70,8 @@ def worker(folder, engine, args):
     import edge_lbp.runtime as runtime
 
     start = time.perf_counter()
-    session = runtime.load(folder, engine, threads=args.threads)
+    threads = None if engine == "numba" else args.threads or os.cpu_count()
+    session = runtime.load(folder, "numba" if engine == "numba-fixed" else engine, threads=threads)
     load_s = time.perf_counter() - start
     x, y = _inputs(session.artifact.manifest["inputs"][0]["shape"][1:], args.batch)
     after_load = psutil.Process().memory_info().rss
@@ -234,19 +241,22 @@ def report(args, runs, paths, startup):
     work = {c: max(p - a for p, a in zip(r["peak"], r["after_load"])) for c, r in runs.items()}
     print(f"\n{args.preset}, batch {args.batch}, {args.optimizer}, {args.threads or os.cpu_count()} threads, "
           f"{args.rounds} rounds x {args.steps} steps, {args.busy} busy core(s) beside the run")
-    print(f"{'engine':<11}{'lbp':<10}{'median s':>10}{'p90 s':>8}{'peak RSS MB':>13}{'step MB':>9}{'FLOP ratio':>12}")
+    print(f"{'engine':<12}{'lbp':<10}{'median s':>10}{'p90 s':>8}{'peak RSS MB':>13}{'step MB':>9}{'FLOP ratio':>12}")
     for c in runs:
         times = sorted(runs[c]["times"])
         p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
-        print(f"{c[0]:<11}{c[1]:<10}{med[c]:>10.3f}{p90:>8.3f}{peak[c] / 2**20:>13.0f}{work[c] / 2**20:>9.0f}"
+        print(f"{c[0]:<12}{c[1]:<10}{med[c]:>10.3f}{p90:>8.3f}{peak[c] / 2**20:>13.0f}{work[c] / 2**20:>9.0f}"
               f"{limits[c[1]]:>12.2f}")
     wanted = [
         ("T1 numba none / torch none (goal <= 1.0)", med, ("numba", "none"), ("torch", "none")),
         ("T2 numba lp-tri:4 / torch none (goal <= 0.6)", med, ("numba", "lp-tri:4"), ("torch", "none")),
         ("P1 numba lp-tri:4 / numba none (goal <= 0.55)", med, ("numba", "lp-tri:4"), ("numba", "none")),
         ("P1 numba lp-tri:6 / numba none", med, ("numba", "lp-tri:6"), ("numba", "none")),
-        ("P2 numba none / ort none (goal <= 1.0)", med, ("numba", "none"), ("ort", "none")),
-        ("P3 numba lp-tri:4 / ort none (goal <= 0.55)", med, ("numba", "lp-tri:4"), ("ort", "none")),
+        ("   numba none / numba-fixed none (tuned / fixed threads)", med, ("numba", "none"), ("numba-fixed", "none")),
+        ("   numba lp-tri:4 / numba-fixed lp-tri:4", med, ("numba", "lp-tri:4"), ("numba-fixed", "lp-tri:4")),
+        ("T1 at fixed threads: numba-fixed none / torch none", med, ("numba-fixed", "none"), ("torch", "none")),
+        ("P2 numba-fixed none / ort none (goal <= 1.0)", med, ("numba-fixed", "none"), ("ort", "none")),
+        ("P3 numba-fixed lp-tri:4 / ort none (goal <= 0.55)", med, ("numba-fixed", "lp-tri:4"), ("ort", "none")),
         ("   ort lp-tri:4 / ort none (function bodies)", med, ("ort", "lp-tri:4"), ("ort", "none")),
         ("P4 peak RSS numba lp-tri:4 / numba none (goal <= 0.7)", peak, ("numba", "lp-tri:4"), ("numba", "none")),
         ("P4 step memory numba lp-tri:4 / numba none", work, ("numba", "lp-tri:4"), ("numba", "none")),
@@ -258,12 +268,12 @@ def report(args, runs, paths, startup):
     ratios = {name: table[a] / table[b] for name, table, a, b in wanted if a in table and b in table}
     print()
     for name, value in ratios.items():
-        print(f"{name:<58}{value:6.2f}")
-    if "lp-tri:4" in limits:
-        print(f"{'FLOP limit lp-tri:4 / lp-tri:6':<58}{limits['lp-tri:4']:6.2f} / {limits.get('lp-tri:6', 0):.2f}")
+        print(f"{name:<62}{value:6.2f}")
+    for lbp in sorted(set(limits) - {"none"}):
+        print(f"{'FLOP limit ' + lbp:<62}{limits[lbp]:6.2f}")
     for kind, times in startup.items():
         name = f"P6 vit-tiny start to first step, {kind} cache (goal <= {STARTUP_GOALS[kind]} s)"
-        print(f"{name:<58}{statistics.median(times):6.1f} s  (runs: {', '.join(f'{t:.1f}' for t in times)})")
+        print(f"{name:<62}{statistics.median(times):6.1f} s  (runs: {', '.join(f'{t:.1f}' for t in times)})")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(
             config=vars(args), medians={" ".join(c): m for c, m in med.items()},
@@ -279,12 +289,13 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--engines", nargs="+", default=["numba", "ort", "torch"],
-                        choices=["numba", "ort", "torch", "executorch"],
+    parser.add_argument("--engines", nargs="+", default=["numba", "numba-fixed", "ort", "torch"],
+                        choices=["numba", "numba-fixed", "ort", "torch", "executorch"],
                         help="executorch: its training runtime, single-threaded portable kernels (slow; opt-in)")
     parser.add_argument("--lbp", nargs="+", default=["none", "lp-tri:4", "lp-tri:6"],
                         help="backward configurations of the exported engines (default: none lp-tri:4 lp-tri:6)")
-    parser.add_argument("--threads", type=int, default=None, help="Numba + BLAS (and torch) threads (default: all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of numba-fixed, ort and the peers (default: all cores)")
     parser.add_argument("--busy", type=int, default=0, help="cores kept busy by spinning processes during the run")
     parser.add_argument("--startup-rounds", type=int, default=1, help="P6 cold/warm pairs (0: skip P6)")
     parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
@@ -301,7 +312,7 @@ def main():
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_engine_")
     configs = [(e, lbp) for e, lbp in CONFIGS if e in args.engines and (lbp in args.lbp or e in PEERS)]
     paths = export_all(args.preset, workdir, args.optimizer, {lbp for e, lbp in configs if e not in PEERS})
-    folders = {c: paths.get(c[1], "") for c in configs if c[0] not in PEERS}
+    folders = {c: paths[c[1]] for c in configs if c[0] not in PEERS}
     if "executorch" in args.engines:
         folders[("executorch", "none")] = Path(workdir) / f"{args.preset}-b{args.batch}.pte"
         if not folders[("executorch", "none")].exists():
