@@ -17,7 +17,8 @@ AUTO = "auto"  # the device engine, numba
 
 def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True, seed: int = 0):
     """Open an artifact folder with the chosen engine; ``threads`` fixes the Numba and BLAS thread count (default:
-    up to all cores, the numba engine choosing per pass from measured times: ``runtime.threads``); ``seed``: what Dropout and drop-path draw from (numba engine; ``Session.seed``)."""
+    up to all cores, the numba engine choosing per pass from measured times: ``runtime.threads``); ``seed``: what
+    Dropout and drop-path draw from (numba engine; ``Session.seed``)."""
     if engine == AUTO:
         engine = "numba"
     if engine not in ENGINES:
