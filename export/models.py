@@ -29,12 +29,19 @@ class ModelConfig:
 
 
 PRESETS = {
+    # The ``-tiny`` presets are 2-block, 32-px models for tests, one per family (not DeiT-Tiny or ViT-Tiny).
     "vit-tiny": ModelConfig("vit", dim=64, depth=2, heads=2),
     "deit-tiny": ModelConfig("deit", dim=64, depth=2, heads=2),
     "swin-tiny": ModelConfig("swin", patch_size=2, dim=48, heads=2, stages=(2, 2)),
     "efficientformer-tiny": ModelConfig("efficientformer", dim=48, depth=1, heads=2, stages=(1, 1)),
     "vit-b16": ModelConfig("vit", img_size=224, patch_size=16, num_classes=1000, dim=768, depth=12, heads=12,
                            mlp_ratio=4),
+    # DeiT-Ti/16 and DeiT-S/16 at 224 px (the distilled variants: CLS + distillation token, 198 tokens), the edge
+    # sizes of the benchmark.
+    "deit-ti16": ModelConfig("deit", img_size=224, patch_size=16, num_classes=1000, dim=192, depth=12, heads=3,
+                             mlp_ratio=4),
+    "deit-s16": ModelConfig("deit", img_size=224, patch_size=16, num_classes=1000, dim=384, depth=12, heads=6,
+                            mlp_ratio=4),
     # The bundled CIFAR-10 backbone (``load_pretrained``; trained by ``edge_lbp.export.pretrain``): 1.2 M parameters,
     # 4.8 MB in float32, and small enough to pretrain in about half an hour on two CPU cores.
     "vit-c10": ModelConfig("vit", dim=128, depth=6, heads=4, mlp_ratio=4),

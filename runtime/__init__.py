@@ -16,18 +16,16 @@ AUTO = "auto"  # the device engine, numba
 
 
 def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True, seed: int = 0, zo=None):
-    """Open an artifact folder with the chosen engine; ``threads`` caps Numba and BLAS together (default: all cores);
-    ``seed``: what Dropout and drop-path draw from, and the ZO perturbations (numba engine; ``Session.seed``);
-    ``zo``: the ZO hyper-parameters of a ``zo-hybrid`` artifact (``edge_lbp.zo.ZOConfig`` or a mapping; default
-    its defaults)."""
+    """Open an artifact folder with the chosen engine; ``threads`` fixes the Numba and BLAS thread count (default:
+    up to all cores, the numba engine choosing per pass from measured times: ``runtime.threads``); ``seed``: what
+    Dropout and drop-path draw from, and the ZO perturbations (numba engine; ``Session.seed``); ``zo``: the ZO
+    hyper-parameters of a ``zo-hybrid`` artifact (``edge_lbp.zo.ZOConfig`` or a mapping; default its defaults)."""
     if engine == AUTO:
         engine = "numba"
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} (or {AUTO})")
     set_threads(threads)
-    from edge_lbp.runtime.artifact import Artifact
-
-    from edge_lbp.runtime.artifact import training_method
+    from edge_lbp.runtime.artifact import Artifact, training_method
 
     artifact = Artifact.open(artifact_dir, verify=verify)
     method = training_method(artifact.manifest)["name"]
@@ -37,14 +35,14 @@ def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True,
                              "engine would train the backprop part alone)")
         from edge_lbp.runtime.zo_session import ZOHybridSession
 
-        return ZOHybridSession(artifact, seed, zo)
+        return ZOHybridSession(artifact, seed, zo, threads)
     if zo is not None:
         raise ValueError(f"{artifact_dir}: ZO options apply to zo-hybrid artifacts; this one trains by {method} "
                          "(export it with --method zo-hybrid:K)")
     if engine == "numba":
         from edge_lbp.runtime.numba_session import NumbaSession
 
-        return NumbaSession(artifact, seed)
+        return NumbaSession(artifact, seed, threads)
     from edge_lbp.runtime.ort_session import OrtSession
 
     return OrtSession(artifact, seed)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Optional
 
+import time
+
 import numpy as np
 
 from edge_lbp import ops
@@ -12,6 +14,7 @@ from edge_lbp.runtime.graph import Graph, LiveBytes, mismatched_shapes
 from edge_lbp.runtime.kernels.stochastic import RandomStream
 from edge_lbp.runtime.passes import fold_transpose_into_gemm
 from edge_lbp.runtime.session import Capabilities, Inputs, Session, Unsupported
+from edge_lbp.runtime.threads import Threads
 
 # Ops ORT's gradient builder adds outside the ``<node>_Grad/`` names: loss gradient and gradient accumulation.
 _TRAINING, _EVAL = 0, 1  # random-stream keys: a training pass and an evaluation never share draws
@@ -38,8 +41,10 @@ class NumbaSession(Session):
     capabilities = Capabilities(gradients=True, optimizer_state=True, forward_end_hook=True, node_trace=True,
                                 memory_estimate=True)
 
-    def __init__(self, artifact: Artifact, seed: int = 0):
+    def __init__(self, artifact: Artifact, seed: int = 0, threads: Optional[int] = None):
+        """``threads``: a fixed thread count; None tunes it per pass (``runtime.threads``)."""
         super().__init__(artifact, seed)
+        self.threads = Threads(threads)
         self.params = artifact.parameters()
         self.trainable = artifact.trainable
         self.grads = {p: np.zeros_like(self.params[p]) for p in self.trainable}
@@ -73,7 +78,11 @@ class NumbaSession(Session):
         spans = [] if trace is not None else None
         hooks = ({self._backward_start: on_forward_end}
                  if on_forward_end is not None and self._backward_start is not None else None)
+        batch = self._batch(feeds)
+        threads = self.threads.before(batch)
+        start = time.perf_counter()
         loss = self.training.run(feeds, trace=spans, hooks=hooks, meter=meter)[0]
+        self.threads.after(batch, threads, time.perf_counter() - start)
         if trace is not None:
             trace.extend((self._phases[name], op, name, t0, t1) for op, name, t0, t1 in spans)
         return float(loss)

@@ -26,8 +26,8 @@ _ZO_PASS = 2  # random-stream key of the ZO forwards (beside numba_session's tra
 
 
 class ZOHybridSession(NumbaSession):
-    def __init__(self, artifact: Artifact, seed: int = 0, zo=None):
-        super().__init__(artifact, seed)
+    def __init__(self, artifact: Artifact, seed: int = 0, zo=None, threads=None):
+        super().__init__(artifact, seed, threads)
         self.zo = ZOConfig.of(zo)
         self.zo_names = list(training_method(artifact.manifest).get("zo", ()))
         unknown = [n for n in self.zo_names if n not in self.params or n in self.trainable]

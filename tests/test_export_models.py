@@ -64,6 +64,17 @@ def test_vit_b16_has_the_real_shape():
     assert sum(p.numel() for p in module.parameters()) == 86_567_656  # timm's vit_base_patch16_224
 
 
+@pytest.mark.parametrize("name,dim,heads,params", [("deit-ti16", 192, 3, 5_910_800), ("deit-s16", 384, 6, 22_436_432)])
+def test_deit_presets_have_the_real_shapes(name, dim, heads, params):
+    with torch.device("meta"):
+        module = models.build_model(name)
+    cfg = module.config
+    assert (cfg.depth, cfg.dim, cfg.heads, cfg.img_size, cfg.patch_size) == (12, dim, heads, 224, 16)
+    assert module.grid == (14, 14) and module.extra_tokens == 2
+    # timm's deit_{tiny,small}_distilled_patch16_224
+    assert sum(p.numel() for p in module.parameters()) == params
+
+
 def test_deit_has_two_extra_tokens_and_averages_two_heads():
     module = models.build_model("deit-tiny")
     assert module.extra_tokens == 2 and module.pos_embed.shape[1] == 2 + 8 * 8

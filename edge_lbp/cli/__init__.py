@@ -84,7 +84,7 @@ def _add_data_options(cmd, required: bool) -> None:
     cmd.add_argument("--batch-size", type=_count, default=32, metavar="B", help="(default: %(default)s)")
     cmd.add_argument("--engine", default=AUTO, choices=(AUTO, *ENGINES),
                      help="auto: numba (the device engine) (default: %(default)s)")
-    cmd.add_argument("--threads", type=_count, metavar="T", help="Numba + BLAS threads (default: all cores)")
+    cmd.add_argument("--threads", type=_count, metavar="T", help="Numba + BLAS threads, fixed (default: up to all cores, tuned per step)")
 
 
 def _add_demo(commands) -> None:
@@ -98,7 +98,8 @@ def _add_demo(commands) -> None:
     cmd.add_argument("--lbp", default=defaults.SELECTION, metavar="SPEC", help="LBP selection (default: %(default)s)")
     cmd.add_argument("--block", type=_block, default=defaults.EXPORT_BLOCK, metavar="K",
                      help="WHT block side or auto, for the bundled backbone's 8x8 token grid (default: %(default)s)")
-    cmd.add_argument("--threads", type=_count, metavar="T", help="Numba + BLAS threads (default: all cores)")
+    cmd.add_argument("--threads", type=_count, metavar="T",
+                     help="Numba + BLAS threads, fixed (default: up to all cores, tuned per step)")
     cmd.add_argument("--seed", type=_count0, default=0)
     cmd.set_defaults(run=_lazy("demo"))
 
@@ -249,7 +250,7 @@ def _add_fleet(commands) -> None:
     cmd.add_argument("--artifact", required=True, metavar="DIR", help="the artifact folder on this board")
     cmd.add_argument("--data", required=True, metavar="PATH", help="this board's image folder or .npz")
     cmd.add_argument("--val", metavar="PATH", help="local validation data (default: the val split of --data)")
-    cmd.add_argument("--threads", type=int, metavar="T", help="Numba + BLAS threads (default: all cores)")
+    cmd.add_argument("--threads", type=int, metavar="T", help="Numba + BLAS threads, fixed (default: up to all cores, tuned per step)")
     cmd.add_argument("--port", type=int, default=9094, metavar="P",
                      help="the SuperNode's own API on 127.0.0.1 (default: %(default)s; one per SuperNode)")
     cmd.add_argument("--root-certificates", metavar="PEM", help="the SuperLink's CA certificate")

@@ -7,7 +7,7 @@ Flower's SuperNode on the board runs it. The board's settings come from the Supe
 - ``val``: local validation data (default: the ``val`` split of ``data`` when it has one, else none);
 - ``partition-id`` / ``num-partitions`` / ``partition-by`` (``iid`` or ``class``): train on one part of ``data``
   when several SuperNodes share a dataset (the local run); default the whole of it;
-- ``threads``: Numba + BLAS threads (0 or absent: all cores).
+- ``threads``: Numba + BLAS threads, fixed (0 or absent: up to all cores, tuned per step).
 
 A train message carries the global trainable parameters (an ``ArrayRecord`` named by parameter, in the artifact's
 order) and the round's settings; the reply carries the updated parameters and ``num-examples`` (FedAvg's weight),

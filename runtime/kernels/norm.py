@@ -3,14 +3,17 @@
 LayerNorm works on rows (the dimensions from ``axis`` on, flattened), parallel over rows; the per-row statistics
 use two passes in float32 (ORT makes one pass, E[x^2] - mean^2, which is the less accurate of the two). The
 parameter gradients of LayerNormalizationGrad sum over rows: each thread's block of rows accumulates in float64,
-then the blocks are added. BatchNorm works on ``(N, C, S)`` and is parallel over channels, accumulating in
+then the blocks are added; the blocks do not depend on the thread count (``GRAD_BLOCKS``), so neither do the
+sums, and the engine may change its thread count between steps (``runtime.threads``). BatchNorm works on ``(N, C, S)`` and is parallel over channels, accumulating in
 float64.
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from edge_lbp.runtime.kernels.common import MS, NO_BIAS, ONE, ZERO, node_error
 from edge_lbp.runtime.registry import register
+
+GRAD_BLOCKS = 16  # row blocks of LayerNormalizationGrad's parameter sums: a multiple of common core counts
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -41,10 +44,10 @@ def _layernorm(x, scale, bias, use_bias, eps):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _layernorm_grad(dy, x, scale, mean, inv_std, threads):
+def _layernorm_grad(dy, x, scale, mean, inv_std, blocks):
     rows, m = x.shape
     dx = np.empty_like(x)
-    blocks = min(rows, threads)
+    blocks = min(rows, blocks)
     per_block = -(-rows // blocks)
     scale_parts = np.zeros((blocks, m))
     bias_parts = np.zeros((blocks, m))
@@ -113,7 +116,7 @@ def layer_normalization_grad(attrs, node):
     def run(dy, x, scale, mean, inv_std):
         rows, _ = _norm_shape(x, axis)
         dx, dscale, dbias = _layernorm_grad(np.ascontiguousarray(dy).reshape(rows.shape), rows, scale.reshape(-1),
-                                            mean.reshape(-1), inv_std.reshape(-1), get_num_threads())
+                                            mean.reshape(-1), inv_std.reshape(-1), GRAD_BLOCKS)
         return dx.reshape(x.shape), dscale.reshape(scale.shape), dbias.reshape(scale.shape)
 
     return run
