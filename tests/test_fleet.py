@@ -167,8 +167,12 @@ def test_local_deployment_learns_survives_a_killed_node_and_saves_whole_models(a
     expected = aggregate_arrayrecords(replies, "num-examples")
     resumed = Trainer.resume(out / "round-1", artifact, threads=1)
     saved = resumed.session.parameters()
+    # To rounding, not bit for bit: in about half the runs here the boards' SuperNode processes ended 1 epoch a few
+    # float32 ulps (up to 4e-7) away from this process's run; the cause is not found (the reply equals the Trainer
+    # alone bit for bit in one process: test_client_reply_equals_the_trainer_alone_bit_for_bit). A wrong weighting
+    # or a missing board moves the average by orders of magnitude more.
     differ = {n: float(np.abs(saved[n] - expected[n].numpy()).max()) for n in expected.keys()
-              if not np.array_equal(saved[n], expected[n].numpy())}
+              if not np.allclose(saved[n], expected[n].numpy(), rtol=1e-5, atol=1e-6)}
     assert not differ, f"round 1's global model is not FedAvg of the boards alone: max |difference| {differ}"
     # The last global model: a checkpoint the Trainer resumes, and an ONNX file with the same accuracy.
     final = Trainer.resume(out / "round-2", artifact, threads=1)
