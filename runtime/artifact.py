@@ -133,19 +133,27 @@ class Artifact:
         return prune_to_outputs(self.graph("eval"), [self.logits["name"]])
 
     def parameters(self) -> Dict[str, np.ndarray]:
-        """All parameters as writable, contiguous float32 arrays (the engine updates them in place)."""
-        from safetensors.numpy import load_file
+        """All parameters as writable, contiguous float32 arrays (the engine updates them in place).
+
+        Read one tensor at a time: reading the whole file and then copying each tensor out held the parameters
+        twice, and the freed half stayed in the process's heap (ViT-B/16: 1.10 GB resident after loading for
+        330 MB of parameters)."""
+        from safetensors import safe_open
 
         path = self.path(self.manifest["params"])
+        names = self.manifest["trainable"] + self.manifest["frozen"]
         try:
-            tensors = load_file(str(path))
+            with safe_open(str(path), framework="np") as f:
+                missing = [n for n in names if n not in f.keys()]
+                if missing:
+                    raise ArtifactError(f"{path}: parameters {missing[:5]} are missing")
+                # safetensors hands each tensor out in a buffer of its own, writable: no copy unless the dtype
+                # or layout differs.
+                return {n: np.require(f.get_tensor(n), np.float32, ["C_CONTIGUOUS", "WRITEABLE"]) for n in names}
+        except ArtifactError:
+            raise
         except Exception as err:
             raise ArtifactError(f"{path}: not a readable safetensors file ({err})") from None
-        names = self.manifest["trainable"] + self.manifest["frozen"]
-        missing = [n for n in names if n not in tensors]
-        if missing:
-            raise ArtifactError(f"{path}: parameters {missing[:5]} are missing")
-        return {n: np.array(tensors[n], dtype=np.float32, order="C", copy=True) for n in names}
 
     @property
     def fingerprint(self) -> str:

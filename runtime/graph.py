@@ -126,7 +126,8 @@ class LiveBytes:
 
 
 class Graph:
-    """A loaded graph. ``feeds`` names the inputs a caller must give; ``constants`` holds the initializers."""
+    """A loaded graph. ``feeds`` names the inputs a caller must give (those a node reads); ``constants`` holds the
+    initializers."""
 
     def __init__(self, model: onnx.ModelProto, *, name: str = "graph", random=None, bases=None):
         """``random``: the ``kernels.stochastic.RandomStream`` the graph's random kernels draw from (default: one
@@ -141,7 +142,10 @@ class Graph:
         self.random = random if random is not None else RandomStream(0)
         self.bases = bases if bases is not None else AdaptiveBases()
         self.constants: Dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        self.feeds = [vi.name for vi in graph.input if vi.name not in self.constants]
+        # An input no node reads is not asked for: ORT's SGD optimizer graph declares first_order_moments and never
+        # reads them, and a caller would allocate a parameter-sized buffer for nothing (330 MB on ViT-B/16).
+        read = {name for node in graph.node for name in node.input} | {vi.name for vi in graph.output}
+        self.feeds = [vi.name for vi in graph.input if vi.name not in self.constants and vi.name in read]
         # Declared input shapes (None for a symbolic dimension), to check what a caller binds before a step runs.
         self.feed_shapes = {vi.name: _dims(vi) for vi in graph.input if vi.name not in self.constants}
         self.output_names = [vi.name for vi in graph.output]
