@@ -371,8 +371,15 @@ def test_sgd_matches_ort_and_updates_in_place():
         np.testing.assert_array_equal(flag, want[0])
         for w, r, b, g in zip(weights, ref, before, grads):
             np.testing.assert_allclose(w, r, rtol=1e-7, atol=1e-8)
-            np.testing.assert_allclose(w, b - np.float32(lr) * g, rtol=1e-6, atol=1e-7)
+            np.testing.assert_array_equal(w, b - np.float32(lr) * g)  # numpy's float32 arithmetic, bit for bit
     assert [id(w) for w in weights] == objects
+
+
+def test_optimizers_refuse_tensors_they_could_not_update_in_place():
+    sgd = kernel(helper.make_node("SGDOptimizerV2", ["lr", "w", "g"], ["flag"], domain=MS, name="sgd"))
+    weight = f32(4, 6)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        sgd(np.array([0.1], np.float32), [weight.T], [f32(6, 4)])
 
 
 def test_optimizers_reject_mismatched_sequences():
