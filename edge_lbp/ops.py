@@ -35,6 +35,9 @@ PROJECT_MAP = "WHTProjectMap"
 MATMUL_GRAD = "WHTMatMulGrad"
 CONV_GRAD = "WHTConvGrad"
 GRAD_OPS = (MATMUL_GRAD, CONV_GRAD)
+# Not in artifacts: the device's load-time pass (runtime.passes.accumulate_into_gemm) fuses a weight gradient's
+# Gemm with the InPlaceAccumulatorV2 that adds it to its buffer, so BLAS writes the gradient into the buffer.
+GEMM_ACCUMULATE = "GemmAccumulate"
 # ORT leaves an unread gradient output nameless; an ONNX function call needs every output named, so the rewrite
 # names it with this marker and the engine skips computing it.
 UNUSED_OUTPUT = "/wht_unused_"

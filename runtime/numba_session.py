@@ -12,13 +12,13 @@ from edge_lbp.energy import AdaptiveBases
 from edge_lbp.runtime.artifact import Artifact, ArtifactError, model_input
 from edge_lbp.runtime.graph import Graph, LiveBytes, mismatched_shapes
 from edge_lbp.runtime.kernels.stochastic import RandomStream
-from edge_lbp.runtime.passes import fold_transpose_into_gemm
+from edge_lbp.runtime.passes import accumulate_into_gemm, fold_transpose_into_gemm
 from edge_lbp.runtime.session import Capabilities, Inputs, Session, Unsupported
 from edge_lbp.runtime.threads import Threads
 
 # Ops ORT's gradient builder adds outside the ``<node>_Grad/`` names: loss gradient and gradient accumulation.
 _TRAINING, _EVAL = 0, 1  # random-stream keys: a training pass and an evaluation never share draws
-_BACKWARD_OPS = ("SoftmaxCrossEntropyLossGrad", "InPlaceAccumulatorV2", *ops.GRAD_OPS)
+_BACKWARD_OPS = ("SoftmaxCrossEntropyLossGrad", "InPlaceAccumulatorV2", ops.GEMM_ACCUMULATE, *ops.GRAD_OPS)
 
 
 def backward_phase(node_name: str, op_type: str) -> str:
@@ -50,8 +50,8 @@ class NumbaSession(Session):
         self.grads = {p: np.zeros_like(self.params[p]) for p in self.trainable}
         self.random = RandomStream(self.seed)
         self.bases = AdaptiveBases()
-        self.training = Graph(fold_transpose_into_gemm(artifact.graph("training")), name="training graph",
-                              random=self.random, bases=self.bases)
+        self.training = Graph(accumulate_into_gemm(fold_transpose_into_gemm(artifact.graph("training"))),
+                              name="training graph", random=self.random, bases=self.bases)
         self.eval = Graph(artifact.inference_graph(), name="eval graph", random=self.random)
         self.optimizer = Graph(artifact.graph("optimizer"), name="optimizer graph")
         wrong = mismatched_shapes(self.training, self.params) + mismatched_shapes(self.eval, self.params)

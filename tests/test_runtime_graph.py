@@ -207,3 +207,64 @@ def test_gemm_with_another_reader_is_left_alone():
 
     model = _gemm_transpose_model(extra_reader=True)
     assert fold_transpose_into_gemm(model) is model
+
+
+def _gemm_accumulator_model(extra_reader=False, trans_a=1, trans_b=0, alpha=1.0):
+    nodes = [helper.make_node("Gemm", ["a", "b"], ["g"], name="w_Grad/gemm", transA=trans_a, transB=trans_b,
+                              alpha=alpha),
+             helper.make_node("InPlaceAccumulatorV2", ["buffer", "g", "reset"], ["updated"], name="acc",
+                              domain="com.microsoft")]
+    outputs = ("updated",)
+    if extra_reader:
+        nodes.append(helper.make_node("Neg", ["g"], ["z"], name="neg"))
+        outputs = ("updated", "z")
+    model = _model(nodes, inputs=("a", "b", "buffer", "reset"), outputs=outputs)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+@pytest.mark.parametrize("trans_a, trans_b, alpha", [(1, 0, 1.0), (0, 1, 1.0), (1, 1, 0.5), (0, 0, 2.0)])
+def test_weight_gradient_gemm_writes_into_its_accumulation_buffer(trans_a, trans_b, alpha):
+    """The fused node overwrites the buffer in place on a reset and adds to it otherwise, as the pair did."""
+    from edge_lbp.runtime.passes import accumulate_into_gemm
+
+    model = _gemm_accumulator_model(trans_a=trans_a, trans_b=trans_b, alpha=alpha)
+    fused = accumulate_into_gemm(model)
+    assert [(n.domain, n.op_type) for n in fused.graph.node] == [("edge_lbp", "GemmAccumulate")]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 3) if trans_a else (3, 5)).astype(np.float32)
+    b = rng.standard_normal((4, 5) if trans_b else (5, 4)).astype(np.float32)
+    product = np.float32(alpha) * ((a.T if trans_a else a) @ (b.T if trans_b else b))
+    buffer = np.full((3, 4), 7.0, np.float32)
+    graph, plain = Graph(fused), Graph(model)
+    for reset, want in ((True, product), (False, 2 * product)):
+        expected = plain.run({"a": a, "b": b, "buffer": buffer.copy(), "reset": np.array([reset])})
+        updated = graph.run({"a": a, "b": b, "buffer": buffer, "reset": np.array([reset])})
+        assert updated[0][0] and expected[0][0]
+        np.testing.assert_allclose(buffer, want, rtol=1e-6, atol=1e-6)
+    assert buffer.flags.c_contiguous
+
+
+def test_gemm_read_elsewhere_is_not_fused_into_the_accumulator():
+    from edge_lbp.runtime.passes import accumulate_into_gemm
+
+    model = _gemm_accumulator_model(extra_reader=True)
+    assert accumulate_into_gemm(model) is model
+
+
+def test_sgd_optimizer_graph_asks_for_no_moments():
+    """ORT's SGD optimizer graph declares first_order_moments and no node reads them: the engine neither asks
+    for nor allocates them."""
+    nodes = [helper.make_node("SGDOptimizerV2", ["lr", "params", "gradients"], ["done"], name="sgd",
+                              domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "opt", [
+        helper.make_tensor_value_info("lr", onnx.TensorProto.FLOAT, [1]),
+        *[helper.make_tensor_sequence_value_info(n, onnx.TensorProto.FLOAT, None)
+          for n in ("params", "gradients", "first_order_moments")]],
+        [helper.make_tensor_value_info("done", onnx.TensorProto.BOOL, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    loaded = Graph(model)
+    assert loaded.feeds == ["lr", "params", "gradients"]
+    weight = np.ones(3, np.float32)
+    loaded.run({"lr": np.array([0.5], np.float32), "params": [weight], "gradients": [np.ones(3, np.float32)]})
+    np.testing.assert_array_equal(weight, np.full(3, 0.5, np.float32))

@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
+from edge_lbp import ops
 from edge_lbp.runtime.kernels.common import MS, node_error, wanted
 from edge_lbp.runtime.registry import register
 
@@ -83,6 +84,26 @@ def gemm(attrs, node):
         if with_c:
             out += c if beta == 1 else beta * c
         return (out,)
+
+    return run
+
+
+@register(ops.GEMM_ACCUMULATE, ops.DOMAIN)
+def gemm_accumulate(attrs, node):
+    """(buffer, A, B, overwrite?) -> (updated bool[1], buffer?): ``InPlaceAccumulatorV2(buffer, Gemm(A, B),
+    overwrite)``, the product written straight into the buffer when the flag says overwrite
+    (``runtime.passes.accumulate_into_gemm``)."""
+    trans_a, trans_b = attrs.get("transA", 0), attrs.get("transB", 0)
+    scale = _scaled(attrs.get("alpha", 1.0))
+    n_out = len(node.output)
+
+    def run(buffer, a, b, overwrite=None):
+        a, b = a.T if trans_a else a, b.T if trans_b else b
+        if overwrite is not None and bool(overwrite.reshape(-1)[0]):
+            scale(np.dot(a, b, out=buffer))
+        else:
+            buffer += scale(np.dot(a, b))
+        return (np.array([True]), buffer)[:n_out]
 
     return run
 
