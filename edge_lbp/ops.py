@@ -35,9 +35,11 @@ PROJECT_MAP = "WHTProjectMap"
 MATMUL_GRAD = "WHTMatMulGrad"
 CONV_GRAD = "WHTConvGrad"
 GRAD_OPS = (MATMUL_GRAD, CONV_GRAD)
-# Not in artifacts: the device's load-time pass (runtime.passes.accumulate_into_gemm) fuses a weight gradient's
-# Gemm with the InPlaceAccumulatorV2 that adds it to its buffer, so BLAS writes the gradient into the buffer.
+# Not in artifacts: the device's load-time pass (runtime.passes.accumulate_in_place) fuses the op that computes a
+# weight gradient with the InPlaceAccumulatorV2 that adds it to its buffer, so BLAS writes the gradient into the
+# buffer: a Gemm, or a WHTMatMulGrad whose weight gradient is transposed into the weight's orientation.
 GEMM_ACCUMULATE = "GemmAccumulate"
+MATMUL_GRAD_ACCUMULATE = "WHTMatMulGradAccumulate"
 # ORT leaves an unread gradient output nameless; an ONNX function call needs every output named, so the rewrite
 # names it with this marker and the engine skips computing it.
 UNUSED_OUTPUT = "/wht_unused_"

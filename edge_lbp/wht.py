@@ -99,12 +99,15 @@ def _output(out: Optional[np.ndarray], shape, what: str) -> np.ndarray:
 
 
 def lowrank_backward(x_hat: np.ndarray, gy: np.ndarray, weight: np.ndarray, projector: Projector, *,
-                     grad_padding: str = "reflect", input_grad: bool = True, bias_grad: bool = True):
+                     grad_padding: str = "reflect", input_grad: bool = True, bias_grad: bool = True,
+                     weight_grad_out: Optional[np.ndarray] = None):
     """Gradients of ``y = x W^T + b`` from the stashed projection ``x_hat`` of its input.
 
     Returns ``(gx, gw, gb)`` with shapes ``(B, N, Ci)``, ``(Co, Ci)``, ``(Co,)``; ``gx`` is None when
     ``input_grad`` is False and ``gb`` when ``bias_grad`` is False (a MatMul has no bias: the graph sums the
     Add's gradient itself). ``weight`` may be a transposed view (BLAS reads it as it is, no copy).
+    ``weight_grad_out``: a C-contiguous ``(Co, Ci)`` buffer ``gw`` is written into (and returned) instead of a
+    new array.
     """
     gy = _tokens(gy, projector.geometry, "output gradient")
     weight = np.asarray(weight, dtype=np.float32)
@@ -117,7 +120,8 @@ def lowrank_backward(x_hat: np.ndarray, gy: np.ndarray, weight: np.ndarray, proj
     gb = gy.sum(axis=(0, 1), dtype=np.float32) if bias_grad else None
     # 2-D products: numpy runs a stacked (B, rows, C) @ (C, C') matmul as B small GEMMs, about 3.5x slower here.
     g_flat = g_hat.reshape(-1, co)
-    gw = g_flat.T @ x_hat.reshape(-1, ci)
+    gw = np.matmul(g_flat.T, x_hat.reshape(-1, ci),
+                   out=None if weight_grad_out is None else _output(weight_grad_out, (co, ci), "weight gradient"))
     gx = projector.reconstruct((g_flat @ weight).reshape(gy.shape[0], projector.rows, ci)) if input_grad else None
     return gx, gw, gb
 

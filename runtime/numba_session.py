@@ -12,7 +12,7 @@ from edge_lbp.energy import AdaptiveBases
 from edge_lbp.runtime.artifact import Artifact, ArtifactError, model_input
 from edge_lbp.runtime.graph import Graph, LiveBytes, mismatched_shapes
 from edge_lbp.runtime.kernels.stochastic import RandomStream
-from edge_lbp.runtime.passes import accumulate_into_gemm, fold_transpose_into_gemm
+from edge_lbp.runtime.passes import accumulate_in_place, fold_transpose_into_gemm
 from edge_lbp.runtime.session import Capabilities, Inputs, Session, Unsupported
 from edge_lbp.runtime.threads import Threads
 
@@ -50,7 +50,7 @@ class NumbaSession(Session):
         self.grads = {p: np.zeros_like(self.params[p]) for p in self.trainable}
         self.random = RandomStream(self.seed)
         self.bases = AdaptiveBases()
-        self.training = Graph(accumulate_into_gemm(fold_transpose_into_gemm(artifact.graph("training"))),
+        self.training = Graph(accumulate_in_place(fold_transpose_into_gemm(artifact.graph("training"))),
                               name="training graph", random=self.random, bases=self.bases)
         self.eval = Graph(artifact.inference_graph(), name="eval graph", random=self.random)
         self.optimizer = Graph(artifact.graph("optimizer"), name="optimizer graph")

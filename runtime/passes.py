@@ -91,31 +91,64 @@ def fold_transpose_into_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
     return _with_nodes(model, [folded.get(id(n), n) for n in graph.node if id(n) not in dropped])
 
 
-def accumulate_into_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``InPlaceAccumulatorV2(buffer, Gemm(A, B), reset)`` -> ``edge_lbp::GemmAccumulate(buffer, A, B, reset)``
-    at the Gemm's place.
+def _gemm_product(gemm, consumer, chain):
+    """The fused node of ``InPlaceAccumulatorV2(buffer, Gemm(A, B))``, or None."""
+    if gemm.op_type != "Gemm" or chain or (len(gemm.input) > 2 and gemm.input[2]):
+        return None
+    return onnx.helper.make_node(
+        ops.GEMM_ACCUMULATE, [consumer.input[0], gemm.input[0], gemm.input[1], *_reset(consumer)],
+        list(consumer.output), name=gemm.name, domain=ops.DOMAIN, transA=_attribute(gemm, "transA", 0),
+        transB=_attribute(gemm, "transB", 0), alpha=_attribute(gemm, "alpha", 1.0))
 
-    Every weight gradient of a training graph is a Gemm whose product the accumulator then copies into (or adds
-    to) the gradient buffer: fused, BLAS writes the product into the buffer on the steps that overwrite it, which
-    saves a copy of every weight gradient and its temporary (ViT-B/16: 330 MB a step). Only a Gemm without a C
-    input whose output feeds nothing but the accumulator is fused.
+
+def _wht_weight_gradient(grad, consumer, chain):
+    """The fused node of ``InPlaceAccumulatorV2(buffer, Transpose(WHTMatMulGrad(...)[1]))``, or None."""
+    if (grad.op_type != ops.MATMUL_GRAD or grad.domain != ops.DOMAIN or len(chain) != 1
+            or chain[0].op_type != "Transpose" or list(_attribute(chain[0], "perm", [])) != [1, 0]
+            or chain[0].input[0] != grad.output[1]):
+        return None
+    fused = onnx.helper.make_node(
+        ops.MATMUL_GRAD_ACCUMULATE, [*grad.input[:3], consumer.input[0], *_reset(consumer)],
+        [grad.output[0], *consumer.output], name=grad.name, domain=ops.DOMAIN)
+    fused.attribute.extend(grad.attribute)
+    return fused
+
+
+def _reset(accumulator):
+    return [accumulator.input[2]] if len(accumulator.input) > 2 and accumulator.input[2] else []
+
+
+def accumulate_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The op that computes a weight gradient writes it into the gradient's accumulation buffer.
+
+    ``InPlaceAccumulatorV2(buffer, Gemm(A, B), reset)`` becomes ``edge_lbp::GemmAccumulate(buffer, A, B,
+    reset)``, and ``InPlaceAccumulatorV2(buffer, Transpose(WHTMatMulGrad(x_hat, dy, b)[1]), reset)`` becomes
+    ``edge_lbp::WHTMatMulGradAccumulate(x_hat, dy, b, buffer, reset)``, each at the producer's place. Unfused,
+    every weight gradient is a temporary the accumulator then copies (ViT-B/16: 330 MB a step, and the largest
+    one held beside the buffers); fused, BLAS writes the product into the buffer on the steps that overwrite it.
+    Only chains whose intermediate tensors nothing else reads are fused.
     """
     graph = model.graph
     readers = _readers(graph)
     outputs = {o.name for o in graph.output}
     producer = {o: n for n in graph.node for o in n.output}
+
+    def private(name):
+        return readers.get(name) == 1 and name not in outputs
+
     fused, dropped = {}, set()
     for node in graph.node:
-        gemm = producer.get(node.input[1]) if node.op_type == "InPlaceAccumulatorV2" and len(node.input) > 1 else None
-        if (gemm is None or gemm.op_type != "Gemm" or (len(gemm.input) > 2 and gemm.input[2])
-                or readers[gemm.output[0]] != 1 or gemm.output[0] in outputs):
+        if node.op_type != "InPlaceAccumulatorV2" or len(node.input) < 2 or not private(node.input[1]):
             continue
-        reset = [node.input[2]] if len(node.input) > 2 and node.input[2] else []
-        fused[id(gemm)] = onnx.helper.make_node(
-            ops.GEMM_ACCUMULATE, [node.input[0], gemm.input[0], gemm.input[1], *reset], list(node.output),
-            name=gemm.name, domain=ops.DOMAIN, transA=_attribute(gemm, "transA", 0),
-            transB=_attribute(gemm, "transB", 0), alpha=_attribute(gemm, "alpha", 1.0))
-        dropped.add(id(node))
+        chain, source = [], producer.get(node.input[1])
+        if source is not None and source.op_type == "Transpose" and private(source.input[0]):
+            chain, source = [source], producer.get(source.input[0])
+        if source is None or id(source) in fused:
+            continue
+        new = _gemm_product(source, node, chain) or _wht_weight_gradient(source, node, chain)
+        if new is not None:
+            fused[id(source)] = new
+            dropped.update(id(n) for n in (node, *chain))
     if not fused:
         return model
     return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])

@@ -132,7 +132,7 @@ def test_profiler_times_every_phase_and_the_lbp_ops():
     report = prof.report()
     assert report["steps"] == 2 and set(report["phases"]) == {"forward", "backward", "optimizer"}
     ops = {(row["op_type"], row["phase"]) for row in report["ops"]}
-    assert ("WHTProject", "forward") in ops and ("WHTMatMulGrad", "backward") in ops
+    assert ("WHTProject", "forward") in ops and ("WHTMatMulGradAccumulate", "backward") in ops
     assert all(np.isfinite(report["losses"]))
 
 

@@ -73,7 +73,7 @@ def test_report_is_consistent(profiled):
 def test_op_table_covers_the_lbp_ops(profiled):
     prof, report, _ = profiled
     ops = {(row["op_type"], row["phase"]): row for row in report["ops"]}
-    assert ("WHTMatMulGrad", "backward") in ops and ("WHTProject", "forward") in ops
+    assert ("WHTMatMulGradAccumulate", "backward") in ops and ("WHTProject", "forward") in ops
     medians = [row["median_ms"] for row in report["ops"]]
     assert medians == sorted(medians, reverse=True)
     # In every step the op types add up to the phase: the same spans, grouped differently. (Checked per step: a sum

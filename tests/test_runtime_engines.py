@@ -58,6 +58,30 @@ def test_numba_engine_matches_ort(artifacts, family, lbp, optimizer):
     assert _rel(numba.eval_step(probe), ort.eval_step(probe)) < 1e-4
 
 
+@pytest.mark.parametrize("lbp", ["none", "lp-tri:4"])
+def test_weight_gradients_go_straight_into_their_buffers(artifacts, lbp):
+    """Every weight matrix's gradient is written by the op that computes it (the load-time fusion), and the
+    fused ops still accumulate: two micro-batches add up to the sum of their gradients taken one at a time."""
+    session = runtime.load(artifacts("vit-tiny", lbp, "sgd"), "numba")
+    fused = [s for s in session.training.steps if s.op_type in ("GemmAccumulate", "WHTMatMulGradAccumulate")]
+    matrices = [n for n in session.trainable if session.params[n].ndim == 2]
+    assert len(fused) == len(matrices) > 0
+    if lbp != "none":  # every rewritten layer's weight trains here: no WHTMatMulGrad is left unfused
+        assert any(s.op_type == "WHTMatMulGradAccumulate" for s in fused)
+        assert not any(s.op_type == "WHTMatMulGrad" for s in session.training.steps)
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((2, 3, 32, 32)).astype(np.float32) for _ in range(2)]
+    ys = [rng.integers(0, 10, 2) for _ in range(2)]
+    alone = []
+    for x, y in zip(xs, ys):
+        session.forward_backward(x, y)
+        alone.append({n: g.copy() for n, g in session.gradients().items()})
+    session.forward_backward(xs[0], ys[0])
+    session.forward_backward(xs[1], ys[1], accumulate=True)
+    for name, grad in session.gradients().items():
+        np.testing.assert_allclose(grad, alone[0][name] + alone[1][name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_op_of_every_artifact_has_a_kernel(artifacts, family):
     """Loading builds every kernel, so a graph with an op the engine lacks fails here, naming it."""

@@ -226,10 +226,10 @@ def _gemm_accumulator_model(extra_reader=False, trans_a=1, trans_b=0, alpha=1.0)
 @pytest.mark.parametrize("trans_a, trans_b, alpha", [(1, 0, 1.0), (0, 1, 1.0), (1, 1, 0.5), (0, 0, 2.0)])
 def test_weight_gradient_gemm_writes_into_its_accumulation_buffer(trans_a, trans_b, alpha):
     """The fused node overwrites the buffer in place on a reset and adds to it otherwise, as the pair did."""
-    from edge_lbp.runtime.passes import accumulate_into_gemm
+    from edge_lbp.runtime.passes import accumulate_in_place
 
     model = _gemm_accumulator_model(trans_a=trans_a, trans_b=trans_b, alpha=alpha)
-    fused = accumulate_into_gemm(model)
+    fused = accumulate_in_place(model)
     assert [(n.domain, n.op_type) for n in fused.graph.node] == [("edge_lbp", "GemmAccumulate")]
     rng = np.random.default_rng(0)
     a = rng.standard_normal((5, 3) if trans_a else (3, 5)).astype(np.float32)
@@ -246,10 +246,10 @@ def test_weight_gradient_gemm_writes_into_its_accumulation_buffer(trans_a, trans
 
 
 def test_gemm_read_elsewhere_is_not_fused_into_the_accumulator():
-    from edge_lbp.runtime.passes import accumulate_into_gemm
+    from edge_lbp.runtime.passes import accumulate_in_place
 
     model = _gemm_accumulator_model(extra_reader=True)
-    assert accumulate_into_gemm(model) is model
+    assert accumulate_in_place(model) is model
 
 
 def test_sgd_optimizer_graph_asks_for_no_moments():

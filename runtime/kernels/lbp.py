@@ -53,17 +53,46 @@ def _wants(node, index):
     return ops.is_used(node.output[index])
 
 
-@register(ops.MATMUL_GRAD, ops.DOMAIN, adaptive=True)
-def wht_matmul_grad(attrs, node, bases):
+def _matmul_backward(attrs, node, bases):
+    """``(x_hat, dy, b, gw_out) -> (gx, gw)`` of ``y = a @ b``: b ``(Ci, Co)`` is a linear layer with weight
+    ``b^T``, whose gradient ``gw`` is ``(Co, Ci)`` (written into ``gw_out`` unless None)."""
     layer, padding = _layer(attrs, node, bases, node.input[0])
     input_grad = _wants(node, 0)
 
-    def run(x_hat, dy, b, *_dense):
-        # y = a @ b with b (Ci, Co) is a linear layer with weight b^T; its gradient in b's orientation is gw^T.
+    def backward(x_hat, dy, b, gw_out):
         gx, gw, _ = lowrank_backward(x_hat, dy, b.T, layer.projector, grad_padding=padding, input_grad=input_grad,
-                                     bias_grad=False)
+                                     bias_grad=False, weight_grad_out=gw_out)
         layer.observe(dy, padding)
-        return gx, gw.T
+        return gx, gw
+
+    return backward
+
+
+@register(ops.MATMUL_GRAD, ops.DOMAIN, adaptive=True)
+def wht_matmul_grad(attrs, node, bases):
+    backward = _matmul_backward(attrs, node, bases)
+
+    def run(x_hat, dy, b, *_dense):
+        gx, gw = backward(x_hat, dy, b, None)
+        return gx, gw.T  # the gradient in b's orientation
+
+    return run
+
+
+@register(ops.MATMUL_GRAD_ACCUMULATE, ops.DOMAIN, adaptive=True)
+def wht_matmul_grad_accumulate(attrs, node, bases):
+    """(x_hat, dy, b, buffer, overwrite?) -> (da, updated bool[1], buffer?): ``WHTMatMulGrad`` whose weight
+    gradient, in the weight's orientation ``(Co, Ci)``, goes into the accumulation buffer: written there when the
+    flag says overwrite, else added (``runtime.passes.accumulate_in_place``)."""
+    backward = _matmul_backward(attrs, node, bases)
+    n_out = len(node.output)
+
+    def run(x_hat, dy, b, buffer, overwrite=None):
+        reset = overwrite is not None and bool(overwrite.reshape(-1)[0])
+        gx, gw = backward(x_hat, dy, b, buffer if reset else None)
+        if not reset:
+            buffer += gw
+        return (gx, np.array([True]), buffer)[:n_out]
 
     return run
 

@@ -92,7 +92,7 @@ def gemm(attrs, node):
 def gemm_accumulate(attrs, node):
     """(buffer, A, B, overwrite?) -> (updated bool[1], buffer?): ``InPlaceAccumulatorV2(buffer, Gemm(A, B),
     overwrite)``, the product written straight into the buffer when the flag says overwrite
-    (``runtime.passes.accumulate_into_gemm``)."""
+    (``runtime.passes.accumulate_in_place``)."""
     trans_a, trans_b = attrs.get("transA", 0), attrs.get("transB", 0)
     scale = _scaled(attrs.get("alpha", 1.0))
     n_out = len(node.output)
