@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from edge_lbp import ops
+from edge_lbp.config import keep_freed_memory
 from edge_lbp.energy import AdaptiveBases
 from edge_lbp.runtime.artifact import Artifact, ArtifactError, model_input
 from edge_lbp.runtime.graph import Graph, LiveBytes, mismatched_shapes
@@ -44,6 +45,7 @@ class NumbaSession(Session):
     def __init__(self, artifact: Artifact, seed: int = 0, threads: Optional[int] = None):
         """``threads``: a fixed thread count; None tunes it per pass (``runtime.threads``)."""
         super().__init__(artifact, seed)
+        keep_freed_memory()
         self.threads = Threads(threads)
         self.params = artifact.parameters()
         self.trainable = artifact.trainable

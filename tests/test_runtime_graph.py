@@ -268,3 +268,41 @@ def test_sgd_optimizer_graph_asks_for_no_moments():
     weight = np.ones(3, np.float32)
     loaded.run({"lr": np.array([0.5], np.float32), "params": [weight], "gradients": [np.ones(3, np.float32)]})
     np.testing.assert_array_equal(weight, np.full(3, 0.5, np.float32))
+
+
+_KEPT = """
+import numpy as np
+{setup}
+def resident():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+before = resident()
+array = np.ones(16 << 20, np.float32)  # 64 MB, written
+del array
+print((resident() - before) >> 20)  # MB of it still resident after the free
+"""
+_GLIBC = pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+
+
+def _kept_after_free(setup, env=None):
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _KEPT.format(setup=setup)], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+@_GLIBC
+def test_the_numba_engine_keeps_freed_memory_for_the_next_step(tmp_path):
+    """Once the numba engine is loaded, a freed 64 MB array stays in the process for the next allocation instead
+    of going back to the system (glibc's default unmaps it, and the next step faults it in again: the control)."""
+    from edge_lbp import packaged
+
+    folder = packaged.assemble(tmp_path / "demo")
+    assert _kept_after_free("") < 8
+    load = f"import edge_lbp.runtime as runtime; runtime.load({str(folder)!r}, 'numba')"
+    assert _kept_after_free(load) >= 32  # (part of it may have come from heap memory already resident)
+    assert _kept_after_free(load, env={"MALLOC_MMAP_MAX_": "65536"}) < 8  # the user's own setting wins
