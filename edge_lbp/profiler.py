@@ -186,7 +186,9 @@ class Profiler:
         end = self._cpu.get("end") or (time.perf_counter(), _cpu_seconds(), psutil.cpu_times())
         (t0, proc0, sys0), (t1, proc1, sys1) = self._cpu["start"], end
         cores = psutil.cpu_count() or 1
-        process_cores = (proc1 - proc0) / (t1 - t0)
+        # CPU time is counted in clock ticks (10 ms on Linux) per thread: over a short window the quotient can
+        # land above the core count, which no process can use.
+        process_cores = min((proc1 - proc0) / (t1 - t0), cores)
         (busy0, total0), (busy1, total1) = _busy_and_total(sys0), _busy_and_total(sys1)
         return {
             "window_s": t1 - t0,
