@@ -388,3 +388,38 @@ def test_optimizers_reject_mismatched_sequences():
         sgd(np.array([0.1], np.float32), state(), state()[:2])
     with pytest.raises(ValueError, match="sgd.*shape"):
         sgd(np.array([0.1], np.float32), [f32(3)], [f32(3, 1)])
+
+
+# Shapes above the parallel kernels' threshold (runtime.kernels.elementwise.PARALLEL_SIZE): a residual add, a bias
+# along the last axis, the bias first, and a broadcast the parallel loop does not take (numpy's path).
+LARGE_BINARY = [((4, 197, 384), (4, 197, 384)), ((4, 197, 384), (384,)), ((384,), (4, 197, 384)),
+                ((4, 197, 384), (1, 1, 384)), ((4, 197, 384), (4, 197, 1))]
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("shapes", LARGE_BINARY, ids=str)
+def test_large_binary_ops_are_numpys_bits_and_match_ort(op, shapes):
+    a, b = f32(*shapes[0], positive=True), f32(*shapes[1], positive=True)
+    (got,) = kernel(node(op, 2))(a, b)
+    want = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](a, b)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    check(node(op, 2), [a, b])
+
+
+def test_large_sum_of_tensors_is_numpys_bits():
+    xs = [f32(4, 197, 384) for _ in range(3)]
+    (got,) = kernel(node("Sum", 3))(*xs)
+    np.testing.assert_array_equal(got, (xs[0] + xs[1]) + xs[2])
+
+
+@pytest.mark.parametrize("axes, keepdims", [([0, 1], 0), ([0, 1], 1), ([0], 0), ([-3, -2], 0), ([1], 0)])
+def test_large_reduce_sum_is_numpys_bits_and_matches_ort(axes, keepdims):
+    """Over leading axes (the bias gradients) the parallel column sums; over another axis numpy's path."""
+    x = f32(4, 197, 384)
+    proto = helper.make_node("ReduceSum", ["x0", "x1"], ["y0"], name="sum", keepdims=keepdims)
+    (got,) = kernel(proto)(x, i64(*axes))
+    want = np.sum(x, axis=tuple(axes), keepdims=bool(keepdims))
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    check(proto, [x, i64(*axes)], rtol=1e-5, atol=1e-4)

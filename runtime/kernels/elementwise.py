@@ -2,12 +2,68 @@
 
 ONNX gives both operands of a binary op the same dtype (Pow excepted), so numpy's promotion keeps the input
 dtype; the exceptions are handled below. Every output is an ndarray (numpy returns scalars for 0-d operands).
+
+Large float32 Add, Sub, Mul, Div and Sum of two tensors of one shape, or of a tensor and a vector along its last
+axis (a bias), run as a parallel Numba loop: numpy's are single-threaded, and these are the residual and bias adds
+of every block (DeiT-S/16 at batch 32: 131 ms a step). Each element is the same IEEE float32 operation as
+numpy's, so the results are the same bits.
 """
 import numpy as np
+from numba import njit, prange
 from onnx import helper
 
 from edge_lbp.runtime.kernels.common import MS
 from edge_lbp.runtime.registry import register
+
+PARALLEL_SIZE = 1 << 16  # elements from which a binary op runs in parallel
+_ADD, _SUB, _MUL, _DIV = range(4)
+
+
+@njit(parallel=True, cache=True)
+def _binary_rows(code, a, b):
+    """``a (R, C) op b`` with b ``(R, C)`` or ``(1, C)``; ``code`` picks the op (loop-invariant: LLVM hoists it)."""
+    rows, cols = a.shape
+    out = np.empty_like(a)
+    step = 1 if b.shape[0] > 1 else 0  # b's row per row of a
+    for r in prange(rows):
+        br = r * step
+        for c in range(cols):
+            if code == 0:
+                out[r, c] = a[r, c] + b[br, c]
+            elif code == 1:
+                out[r, c] = a[r, c] - b[br, c]
+            elif code == 2:
+                out[r, c] = a[r, c] * b[br, c]
+            else:
+                out[r, c] = a[r, c] / b[br, c]
+    return out
+
+
+def _rows_of(a, b):
+    """``(a, b)`` as ``(R, C)`` and ``(R or 1, C)`` rows when ``a op b`` is one of the shapes the parallel loop
+    takes (b of a's shape, or a vector along a's last axis), else None."""
+    if (a.dtype != np.float32 or b.dtype != np.float32 or a.size < PARALLEL_SIZE or b.ndim > a.ndim
+            or not a.flags.c_contiguous or not b.flags.c_contiguous):
+        return None
+    cols = a.shape[-1]
+    if b.shape == a.shape:
+        return a.reshape(-1, cols), b.reshape(-1, cols)
+    if b.size == cols and b.shape[-1] == cols:
+        return a.reshape(-1, cols), b.reshape(1, cols)
+    return None
+
+
+def _parallel(code, fn, commutes):
+    def run(a, b):
+        rows = _rows_of(a, b)
+        if rows is not None:
+            return _binary_rows(code, *rows).reshape(a.shape)
+        rows = _rows_of(b, a) if commutes else None  # a vector plus a tensor: the same sum, b's shape
+        if rows is not None:
+            return _binary_rows(code, *rows).reshape(b.shape)
+        return fn(a, b)
+
+    return run
 
 
 def _divide(a, b):
@@ -23,10 +79,10 @@ def _power(base, exponent):
 
 
 _ELEMENTWISE = {
-    "Add": np.add,
-    "Sub": np.subtract,
-    "Mul": np.multiply,
-    "Div": _divide,
+    "Add": _parallel(_ADD, np.add, commutes=True),
+    "Sub": _parallel(_SUB, np.subtract, commutes=False),
+    "Mul": _parallel(_MUL, np.multiply, commutes=True),
+    "Div": _parallel(_DIV, _divide, commutes=False),
     "Pow": _power,
     "Equal": np.equal,
     "GreaterOrEqual": np.greater_equal,
@@ -70,9 +126,10 @@ def mod(attrs, node):
 @register("Sum")
 def sum_(attrs, node):
     def run(first, *rest):
-        out = first.copy() if not rest else np.add(first, rest[0])
+        add = _ELEMENTWISE["Add"]
+        out = first.copy() if not rest else add(first, rest[0])
         for x in rest[1:]:
-            out = np.add(out, x)
+            out = add(out, x)
         return (np.asarray(out),)
 
     return run
