@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
-from edge_lbp.export.training import BLOCK_PATTERN, FINAL_NORM_PREFIX, HEAD_PREFIXES
+from edge_lbp.export.training import last_blocks
 from edge_lbp.runtime.graph import LiveBytes
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
@@ -119,8 +119,7 @@ def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
     if depth > zo_blocks:
         last = {b for b in by_block if b is not None and b >= depth - zo_blocks}
         kept = sum(v for b, v in by_block.items() if b in last)
-        trained = [n for n in size if n.startswith((*HEAD_PREFIXES, FINAL_NORM_PREFIX))
-                   or ((m := BLOCK_PATTERN.match(n)) and int(m.group(1)) >= depth - zo_blocks)]
+        trained = last_blocks(size, zo_blocks)
         zo_params = [n for n in size if n not in trained]
         rows.append(Row(f"zo-hybrid:{zo_blocks}", max(inference, kept + working),
                         copies * sum(size[n] for n in trained) + max((size[n] for n in zo_params), default=0), False))

@@ -21,10 +21,14 @@ TRAINABLE_CHOICES = ("all", "last:K", "bias", "head", "lora:R")
 OPTIMIZERS = ("adamw", "sgd")
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
-# Parameter-name conventions of export.models (torch state_dict names survive the export as initializer names).
-BLOCK_PATTERN = re.compile(r"blocks\.(\d+)\.")
-HEAD_PREFIXES = ("head.", "head_dist.")
-FINAL_NORM_PREFIX = "norm."
+# Parameter names (torch state_dict names survive the export as initializer names): export.models and timm name
+# blocks ``blocks.<i>.`` (timm's Swin ``layers.<s>.blocks.<b>.``), heads ``head.``/``head_dist.`` and the final
+# norm ``norm.``/``fc_norm.``; Hugging Face ``<model>.layers.<i>.`` (older releases ``encoder.layer.<i>.``, Swin
+# ``encoder.layers.<s>.blocks.<b>.``), ``classifier.`` (DeiT: ``cls_classifier.``, ``distillation_classifier.``)
+# and ``<model>.layernorm.``.
+_BLOCK_INDEX = re.compile(r"(?:^|\.)(?:blocks|layers|layer)\.(\d+)(?=\.)")
+HEAD_PREFIXES = ("head.", "head_dist.", "classifier.", "cls_classifier.", "distillation_classifier.")
+_FINAL_NORM = re.compile(r"(?:norm|fc_norm|[A-Za-z_]+\.layernorm)\.")
 ADAPTER_SUFFIXES = (f".{LORA_A}", f".{LORA_B}")
 _NORM_OPS = ("LayerNormalization", "BatchNormalization")
 
@@ -42,13 +46,31 @@ def parameter_names(model):
             if t.data_type == onnx.TensorProto.FLOAT and t.name not in running]
 
 
+def block_key(name: str):
+    """The block a parameter belongs to: the indices of the ``blocks``/``layers``/``layer`` components of its
+    name (``(stage, block)`` when nested), or None."""
+    return tuple(int(m.group(1)) for m in _BLOCK_INDEX.finditer(name)) or None
+
+
+def last_blocks(names, count: int):
+    """The parameters ``last:K`` trains: the last ``count`` blocks', the final norm's and the head's. A stage's own
+    parameters (Swin's patch merging, ``layers.<s>.downsample``: a shorter key than its blocks') are not a block."""
+    keys = {block_key(n) for n in names} - {None}
+    if not keys:
+        raise ValueError("last:K needs blocks named 'blocks.<i>.', 'layers.<i>.' or 'layer.<i>.' and the model has "
+                         "none")
+    depth = max(map(len, keys))
+    kept = set(sorted(k for k in keys if len(k) == depth)[-count:])
+    return {n for n in names if n.startswith(HEAD_PREFIXES) or _FINAL_NORM.match(n) or block_key(n) in kept}
+
+
 def split_parameters(model, trainable="all"):
     """(requires_grad, frozen) parameter-name lists for a trainable-set choice.
 
     - ``all``: every parameter.
-    - ``last:K``: the last K transformer blocks (``blocks.<i>.``), the final norm (``norm.``) and the head.
+    - ``last:K``: the last K transformer blocks, the final norm and the head (:func:`last_blocks`).
     - ``bias``: every bias, every normalisation scale/shift, and the head.
-    - ``head``: the classifier only (``head.`` and, for DeiT, ``head_dist.``).
+    - ``head``: the classifier only (``head.`` and, for DeiT, ``head_dist.``; Hugging Face's ``classifier.``).
     - ``lora:R``: the LoRA adapters (``export.lora``, added before the export) and the head.
     """
     names = parameter_names(model)
@@ -65,12 +87,7 @@ def split_parameters(model, trainable="all"):
         norms = {n.input[i] for n in model.graph.node if n.op_type in _NORM_OPS for i in (1, 2) if i < len(n.input)}
         chosen = head | {n for n in names if n.endswith(".bias") or n in norms}
     elif re.fullmatch(r"last:[1-9]\d*", trainable):
-        blocks = sorted({int(m.group(1)) for n in names if (m := BLOCK_PATTERN.match(n))})
-        if not blocks:
-            raise ValueError("last:K needs parameters named 'blocks.<i>.' and the model has none")
-        kept = {str(i) for i in blocks[-int(trainable.split(":")[1]):]}
-        chosen = head | {n for n in names if n.startswith(FINAL_NORM_PREFIX)
-                         or ((m := BLOCK_PATTERN.match(n)) and m.group(1) in kept)}
+        chosen = last_blocks(names, int(trainable.split(":")[1]))
     else:
         raise ValueError(f"unknown trainable set {trainable!r}; choose one of {', '.join(TRAINABLE_CHOICES)}")
     if not chosen:

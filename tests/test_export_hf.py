@@ -121,3 +121,27 @@ def test_dropout_trains_from_the_session_seed_and_evaluates_without_it(tmp_path,
     measured = compare_random_training(tmp_path / "art", probe, want, CLASSES)
     assert measured["eval_numba"] < 1e-4 and measured["eval_ort"] < 1e-4, measured
     assert measured["repeats"] and measured["seed_matters"], measured
+
+
+@pytest.mark.parametrize("name, last, head", [
+    ("vit", {"vit.layers.1.", "vit.layernorm."}, ["classifier.weight", "classifier.bias"]),
+    ("deit-distilled", {"deit.layers.1.", "deit.layernorm."},
+     ["cls_classifier.weight", "cls_classifier.bias", "distillation_classifier.weight", "distillation_classifier.bias"]),
+    # Swin: the last stage's one block; the stages' patch merging (layers.<s>.downsample) is no block
+    ("swin", {"swin.encoder.layers.1.blocks.0.", "swin.layernorm."}, ["classifier.weight", "classifier.bias"]),
+])
+def test_last_blocks_and_head_know_hugging_face_names(name, last, head):
+    from edge_lbp.export.training import HEAD_PREFIXES, last_blocks
+
+    names = [n for n, _ in build(name).named_parameters()]
+    assert [n for n in names if n.startswith(HEAD_PREFIXES)] == head
+    chosen = last_blocks(names, 1)
+    assert chosen == {n for n in names if n.startswith((*last, *head))} and len(chosen) > len(head) + 2
+
+
+def test_hf_model_trains_its_last_block_on_numba_as_on_ort(tmp_path):
+    report = export_model(build("vit"), tmp_path / "art", train="last:1", lr=0.01)
+    trainable = report.manifest["trainable"]
+    assert trainable and all(n.startswith(("vit.layers.1.", "vit.layernorm.", "classifier.")) for n in trainable)
+    assert "vit.layers.1.mlp.fc1.weight" in trainable and "vit.layers.0.mlp.fc1.weight" not in trainable
+    _engines_agree(tmp_path / "art")
