@@ -164,8 +164,8 @@ def _side_wrapper(model, taps, num_classes):
     from edge_lbp.export.side import SideTuned
 
     if isinstance(model, (str, os.PathLike)) and (os.fspath(model).endswith(".onnx") or Path(model).is_file()):
-        raise ValueError(f"{os.fspath(model)}: side-tuning wraps a torch model with a 'blocks' list (a preset, a "
-                         "module or a factory), not an ONNX file")
+        raise ValueError(f"{os.fspath(model)}: side-tuning wraps a torch model with transformer blocks (a preset, "
+                         "a module, a factory or a Hugging Face checkpoint), not an ONNX file")
 
     def wrap(module):
         side = SideTuned(module, taps, num_classes)

@@ -1,8 +1,9 @@
 """Side-tuning (SynQT-style, Lian et al. 2024): a small query network and head read the frozen backbone's
 intermediate features; only they train, and no gradient flows into the backbone.
 
-``SideTuned(backbone, taps)`` wraps a model whose transformer blocks are ``backbone.blocks`` (the presets): the
-outputs of the tapped blocks (tokens ``B x N x C``) are taken with forward hooks and detached; the side network's
+``SideTuned(backbone, taps)`` wraps a model with transformer blocks (:func:`transformer_blocks`: the presets',
+timm's, Hugging Face ViT, DeiT and Swin): the outputs of the tapped blocks (tokens ``B x N x C``) are taken with
+forward hooks and detached; the side network's
 learned queries read each of them in turn by cross-attention in which the features are keys and values as they
 are (normalised, not projected), so the side's backward reads nothing but the normalised taps, a few ``B x N x C``
 tensors. The backbone's own head and the blocks after the last tap drop out of the graph.
@@ -10,8 +11,13 @@ tensors. The backbone's own head and the blocks after the last tap drop out of t
 Every backbone parameter is frozen in the artifact (``trainable="side"``): ORT's gradient builder then emits no
 node for the backbone, which :func:`backbone_reads` checks on the training graph.
 """
+import re
+
 import torch
 from torch import nn
+
+from edge_lbp.export.hf import input_shape
+from edge_lbp.export.training import block_key
 
 SCOPE = "side."  # parameter-name prefix of the side network (its nodes are named /side/...)
 BACKBONE_SCOPE = "/backbone/"
@@ -67,19 +73,33 @@ class SideNetwork(nn.Module):
         return self.head(self.norm(q).mean(1))
 
 
+def transformer_blocks(backbone):
+    """The blocks in order: ``backbone.blocks`` (the presets, timm's ViT and DeiT), else the modules whose names end
+    like a block's under ``export.training.block_key`` (Hugging Face ``<model>.layers.<i>``, Swin's
+    ``layers.<s>.blocks.<b>``; a stage itself, with a shorter key, is not a block)."""
+    blocks = getattr(backbone, "blocks", None)
+    if isinstance(blocks, nn.ModuleList) and len(blocks):
+        return list(blocks)
+    found = {block_key(f"{name}."): module for name, module in backbone.named_modules()
+             if re.search(r"(?:^|\.)(?:blocks|layers|layer)\.\d+$", name)}
+    depth = max(map(len, found), default=0)
+    return [found[key] for key in sorted(found) if len(key) == depth]
+
+
 class SideTuned(nn.Module):
     def __init__(self, backbone, taps=None, num_classes=None, queries=DEFAULT_QUERIES, width=DEFAULT_WIDTH):
         super().__init__()
-        blocks = getattr(backbone, "blocks", None)
-        if not isinstance(blocks, nn.ModuleList) or not len(blocks):
-            raise ValueError("side-tuning taps the blocks of a model with a 'blocks' list (the presets); "
+        self.blocks = transformer_blocks(backbone)
+        if not self.blocks:
+            raise ValueError("side-tuning taps transformer blocks ('blocks.<i>', 'layers.<i>' or 'layer.<i>'); "
                              f"{type(backbone).__name__} has none")
-        self.backbone, self.taps = backbone, parse_taps(taps, len(blocks))
+        self.backbone, self.taps = backbone, parse_taps(taps, len(self.blocks))
         config = getattr(backbone, "config", None)
         if num_classes is None:
-            num_classes = getattr(config, "num_classes", None) or backbone.head.out_features
+            num_classes = (getattr(config, "num_classes", None) or getattr(config, "num_labels", None)
+                           or backbone.head.out_features)
         with torch.no_grad():
-            shapes = [f.shape for f in self._features(torch.zeros(1, *_input_shape(backbone)))]
+            shapes = [f.shape for f in self._features(torch.zeros(1, *input_shape(config)))]
         if any(len(s) != 3 for s in shapes):
             raise ValueError(f"side-tuning reads token maps (batch, tokens, dim); the tapped blocks give {shapes}")
         self.side = SideNetwork([s[-1] for s in shapes], num_classes, queries, width)
@@ -87,8 +107,9 @@ class SideTuned(nn.Module):
 
     def _features(self, x):
         taken = []
-        hooks = [self.backbone.blocks[i].register_forward_hook(lambda m, args, out: taken.append(out))
-                 for i in self.taps]
+        # Hugging Face blocks return a tuple whose first entry is the tokens.
+        hooks = [self.blocks[i].register_forward_hook(
+            lambda m, args, out: taken.append(out[0] if isinstance(out, tuple) else out)) for i in self.taps]
         try:
             self.backbone(x)  # its logits are not used: the export drops the head and the blocks after the taps
         finally:
@@ -98,11 +119,6 @@ class SideTuned(nn.Module):
 
     def forward(self, x):
         return self.side(self._features(x))
-
-
-def _input_shape(backbone):
-    config = backbone.config
-    return config.in_chans, config.img_size, config.img_size
 
 
 def backbone_reads(forward, training):

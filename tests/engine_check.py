@@ -82,3 +82,25 @@ def compare_random_training(folder, probe, want, classes, steps=3, seed=0):
     first = losses(1)
     measured["repeats"], measured["seed_matters"] = first == losses(1), first != losses(2)
     return measured
+
+
+def assert_side_gradients_match(folder, x, y, threads=1):
+    """A side-tuned artifact: the numba engine's gradients equal ORT's on the same graph, and ORT's step changes
+    the side network only. ORT runs one SGD step at a large learning rate: (before - after) / lr is its gradient,
+    to float32 rounding of the difference (lr · g dominates the parameter after the step)."""
+    import pytest
+
+    import edge_lbp.runtime as runtime
+
+    numba, ort = runtime.load(folder, "numba", threads=threads), runtime.load(folder, "ort", threads=threads)
+    loss = numba.forward_backward(x, y)
+    before = ort.parameters()
+    ort.lr = 1e3
+    assert ort.train_step(x, y) == pytest.approx(loss, rel=1e-5)
+    after = ort.parameters()
+    mine = numba.gradients()
+    assert mine and sorted(mine) == sorted(n for n in before if n.startswith("side."))
+    for name, grad in mine.items():
+        theirs = (before[name].astype(np.float64) - after[name]) / 1e3
+        assert np.linalg.norm(grad - theirs) <= 1e-4 * np.linalg.norm(theirs) + 1e-8, name
+    assert all(np.array_equal(before[n], after[n]) for n in before if not n.startswith("side."))

@@ -9,7 +9,8 @@ import torch  # noqa: E402
 
 import edge_lbp.runtime as runtime  # noqa: E402
 from edge_lbp.export.exporter import export_model  # noqa: E402
-from engine_check import compare_engines, compare_random_training, exceeded, rel as _rel  # noqa: E402
+from engine_check import (assert_side_gradients_match, compare_engines, compare_random_training,  # noqa: E402
+                          exceeded, rel as _rel)
 
 SIDE, CLASSES = 32, 5
 # No dropout and no drop-path: the engines draw different random streams, so they are compared where nothing
@@ -145,3 +146,18 @@ def test_hf_model_trains_its_last_block_on_numba_as_on_ort(tmp_path):
     assert trainable and all(n.startswith(("vit.layers.1.", "vit.layernorm.", "classifier.")) for n in trainable)
     assert "vit.layers.1.mlp.fc1.weight" in trainable and "vit.layers.0.mlp.fc1.weight" not in trainable
     _engines_agree(tmp_path / "art")
+
+
+@pytest.mark.parametrize("name, depth", [("vit", 2), ("swin", 3)])
+def test_hf_model_side_tunes_its_blocks_without_backbone_backprop(tmp_path, name, depth):
+    """Side-tuning taps every block of a Hugging Face model (Swin: the blocks of every stage, not the stages); the
+    export checks that no backward node reads the backbone, and the side network's gradients equal ORT's."""
+    report = export_model(build(name), tmp_path / "side", method="side", optimizer="sgd", lbp="none")
+    manifest = report.manifest
+    assert manifest["method"] == {"name": "side", "taps": list(range(depth))}
+    assert manifest["trainable"] and all(n.startswith("side.") for n in manifest["trainable"])
+    assert all(n.startswith("backbone.") for n in manifest["frozen"])
+    assert not any(n.startswith("backbone.classifier.") for n in manifest["frozen"])  # the unread head dropped out
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((3, 3, SIDE, SIDE)).astype(np.float32), rng.integers(0, CLASSES, 3)
+    assert_side_gradients_match(tmp_path / "side", x, y)

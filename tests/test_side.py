@@ -14,6 +14,7 @@ from edge_lbp.export.exporter import export_model  # noqa: E402
 from edge_lbp.export.models import build_model  # noqa: E402
 from edge_lbp.export.side import SideTuned, backbone_reads  # noqa: E402
 from edge_lbp.runtime.inference import export_inference  # noqa: E402
+from engine_check import assert_side_gradients_match  # noqa: E402
 
 THREADS = 1
 
@@ -40,21 +41,7 @@ def test_the_artifact_trains_the_side_network_only(side):
 
 
 def test_side_gradients_equal_onnx_runtime_s_on_the_same_graph(side):
-    """ORT runs one SGD step at a large learning rate: (before - after) / lr is its gradient, to float32 rounding
-    of the difference (lr · g dominates the parameter after the step)."""
-    numba, ort = runtime.load(side, "numba", threads=THREADS), runtime.load(side, "ort", threads=THREADS)
-    x, y = _batch()
-    loss = numba.forward_backward(x, y)
-    before = ort.parameters()
-    ort.lr = 1e3
-    assert ort.train_step(x, y) == pytest.approx(loss, rel=1e-5)
-    after = ort.parameters()
-    mine = numba.gradients()
-    assert sorted(mine) == sorted(n for n in before if n.startswith("side."))
-    for name, grad in mine.items():
-        theirs = (before[name].astype(np.float64) - after[name]) / 1e3
-        assert np.linalg.norm(grad - theirs) <= 1e-4 * np.linalg.norm(theirs) + 1e-8, name
-    assert all(np.array_equal(before[n], after[n]) for n in before if not n.startswith("side."))
+    assert_side_gradients_match(side, *_batch(), threads=THREADS)
 
 
 def test_no_backbone_activation_is_read_by_the_backward():
