@@ -16,7 +16,8 @@ from torch import nn
 
 from edge_lbp.runtime.lora import LORA_A, LORA_B
 
-TARGETS = ("qkv", "proj", "fc1", "fc2")
+# The presets' and timm's attention and MLP layers, and Hugging Face's (transformers 5: q/k/v/o_proj, mlp.fc1/fc2).
+TARGETS = ("qkv", "proj", "fc1", "fc2", "q_proj", "k_proj", "v_proj", "o_proj")
 SPEC = re.compile(r"lora:([1-9]\d*)")
 
 

@@ -161,3 +161,27 @@ def test_hf_model_side_tunes_its_blocks_without_backbone_backprop(tmp_path, name
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((3, 3, SIDE, SIDE)).astype(np.float32), rng.integers(0, CLASSES, 3)
     assert_side_gradients_match(tmp_path / "side", x, y)
+
+
+def test_hf_model_trains_lora_adapters_on_numba_as_on_ort(tmp_path):
+    """lora:R adapts Hugging Face's q/k/v/o projections and MLP layers; only they and the classifier train."""
+    report = export_model(build("vit"), tmp_path / "lora", train="lora:2", lbp="none", lr=0.01)
+    trainable = report.manifest["trainable"]
+    adapted = {n.rsplit(".", 2)[-2] for n in trainable if n.endswith((".lora_a", ".lora_b"))}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"}
+    assert [n for n in trainable if not n.endswith((".lora_a", ".lora_b"))] == ["classifier.weight", "classifier.bias"]
+    _engines_agree(tmp_path / "lora")
+    # The inference model folds the adapters into their weights and gives the adapted logits.
+    from edge_lbp.runtime.inference import export_inference
+    import onnxruntime
+
+    session, rng = runtime.load(tmp_path / "lora", "numba"), np.random.default_rng(3)
+    for _ in range(3):
+        session.train_step(rng.standard_normal((2, 3, SIDE, SIDE)).astype(np.float32), rng.integers(0, CLASSES, 2))
+    path = export_inference(session, tmp_path / "adapted.onnx")
+    import onnx
+
+    assert not [t.name for t in onnx.load(str(path)).graph.initializer if "lora" in t.name]
+    x = rng.standard_normal((4, 3, SIDE, SIDE)).astype(np.float32)
+    folded = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(folded, session.eval_step(x), rtol=0, atol=1e-5)
