@@ -19,7 +19,8 @@ from edge_lbp.runtime.threads import Threads
 
 # Ops ORT's gradient builder adds outside the ``<node>_Grad/`` names: loss gradient and gradient accumulation.
 _TRAINING, _EVAL = 0, 1  # random-stream keys: a training pass and an evaluation never share draws
-_BACKWARD_OPS = ("SoftmaxCrossEntropyLossGrad", "InPlaceAccumulatorV2", ops.GEMM_ACCUMULATE, *ops.GRAD_OPS)
+_BACKWARD_OPS = ("SoftmaxCrossEntropyLossGrad", "InPlaceAccumulatorV2", ops.GEMM_ACCUMULATE,
+                 ops.MATMUL_GRAD_ACCUMULATE, *ops.GRAD_OPS)
 
 
 def backward_phase(node_name: str, op_type: str) -> str:

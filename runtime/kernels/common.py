@@ -19,6 +19,17 @@ def wanted(node):
     return tuple(bool(name) for name in node.output)
 
 
+def flag(value) -> np.ndarray:
+    """A bool[1] tensor, the form of the training ops' "updated" outputs."""
+    return np.array([value], dtype=np.bool_)
+
+
+def overwrites(reset) -> bool:
+    """InPlaceAccumulatorV2's optional flag (and the fused ops' that replace it): true overwrites the buffer,
+    false or absent adds to it."""
+    return reset is not None and bool(reset.reshape(-1)[0])
+
+
 def as_rows(x):
     """``x`` as a C-contiguous 2-D array of rows along its last axis (a view when ``x`` is contiguous)."""
     x = np.ascontiguousarray(x)

@@ -125,8 +125,9 @@ def mod(attrs, node):
 
 @register("Sum")
 def sum_(attrs, node):
+    add = _ELEMENTWISE["Add"]
+
     def run(first, *rest):
-        add = _ELEMENTWISE["Add"]
         out = first.copy() if not rest else add(first, rest[0])
         for x in rest[1:]:
             out = add(out, x)

@@ -8,6 +8,7 @@ import numpy as np
 
 from edge_lbp import ops
 from edge_lbp.bases import is_adaptive
+from edge_lbp.runtime.kernels.common import flag, overwrites
 from edge_lbp.runtime.registry import register
 from edge_lbp.wht import lowrank_backward
 
@@ -88,11 +89,11 @@ def wht_matmul_grad_accumulate(attrs, node, bases):
     n_out = len(node.output)
 
     def run(x_hat, dy, b, buffer, overwrite=None):
-        reset = overwrite is not None and bool(overwrite.reshape(-1)[0])
+        reset = overwrites(overwrite)
         gx, gw = backward(x_hat, dy, b, buffer if reset else None)
         if not reset:
             buffer += gw
-        return (gx, np.array([True]), buffer)[:n_out]
+        return (gx, flag(True), buffer)[:n_out]
 
     return run
 

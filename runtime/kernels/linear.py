@@ -15,7 +15,7 @@ from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
 from edge_lbp import ops
-from edge_lbp.runtime.kernels.common import MS, node_error, wanted
+from edge_lbp.runtime.kernels.common import MS, flag, node_error, overwrites, wanted
 from edge_lbp.runtime.registry import register
 
 
@@ -71,16 +71,22 @@ def fused_matmul(attrs, node):
     return run
 
 
-@register("Gemm")
-def gemm(attrs, node):
+def _gemm_product(attrs):
+    """A Gemm's ``alpha * op(A) @ op(B)`` (transposes are views), optionally written into ``out``."""
     trans_a, trans_b = attrs.get("transA", 0), attrs.get("transB", 0)
     scale = _scaled(attrs.get("alpha", 1.0))
+    return lambda a, b, out=None: scale(np.dot(a.T if trans_a else a, b.T if trans_b else b, out=out))
+
+
+@register("Gemm")
+def gemm(attrs, node):
+    product = _gemm_product(attrs)
     beta = np.float32(attrs.get("beta", 1.0))
     # ORT skips C when beta is 0 (it may hold anything); an omitted C is an empty input name.
     with_c = len(node.input) > 2 and bool(node.input[2]) and beta != 0
 
     def run(a, b, c=None):
-        out = scale(np.dot(a.T if trans_a else a, b.T if trans_b else b))
+        out = product(a, b)
         if with_c:
             out += c if beta == 1 else beta * c
         return (out,)
@@ -93,17 +99,15 @@ def gemm_accumulate(attrs, node):
     """(buffer, A, B, overwrite?) -> (updated bool[1], buffer?): ``InPlaceAccumulatorV2(buffer, Gemm(A, B),
     overwrite)``, the product written straight into the buffer when the flag says overwrite
     (``runtime.passes.accumulate_in_place``)."""
-    trans_a, trans_b = attrs.get("transA", 0), attrs.get("transB", 0)
-    scale = _scaled(attrs.get("alpha", 1.0))
+    product = _gemm_product(attrs)
     n_out = len(node.output)
 
     def run(buffer, a, b, overwrite=None):
-        a, b = a.T if trans_a else a, b.T if trans_b else b
-        if overwrite is not None and bool(overwrite.reshape(-1)[0]):
-            scale(np.dot(a, b, out=buffer))
+        if overwrites(overwrite):
+            product(a, b, out=buffer)
         else:
-            buffer += scale(np.dot(a, b))
-        return (np.array([True]), buffer)[:n_out]
+            buffer += product(a, b)
+        return (flag(True), buffer)[:n_out]
 
     return run
 

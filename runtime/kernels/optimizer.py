@@ -13,12 +13,8 @@ results are the same bits, and the same for any thread count. As numpy passes, S
 import numpy as np
 from numba import njit, prange
 
-from edge_lbp.runtime.kernels.common import MS
+from edge_lbp.runtime.kernels.common import MS, flag, overwrites
 from edge_lbp.runtime.registry import register
-
-
-def _flag(value):
-    return np.array([value], dtype=np.bool_)
 
 
 def _enabled(signal):
@@ -44,11 +40,11 @@ def in_place_accumulator_v2(attrs, node):
     n_out = len(node.output)
 
     def run(buffer, value, overwrite=None):
-        if overwrite is not None and bool(overwrite.reshape(-1)[0]):
+        if overwrites(overwrite):
             np.copyto(buffer, value)
         else:
             np.add(buffer, value, out=buffer)
-        return (_flag(True), buffer)[:n_out]
+        return (flag(True), buffer)[:n_out]
 
     return run
 
@@ -136,7 +132,7 @@ def adamw_optimizer(attrs, node):
             bc = np.float32(1) - np.float32(float(beta) ** t) if correct_bias else np.float32(1)
             for w, g, m1, m2 in zip(weights, gradients, momentums_1, momentums_2):
                 update(w, g, m1, m2, lr, ac, bc)
-        return (_flag(enabled), weights, momentums_1, momentums_2)[:n_out]
+        return (flag(enabled), weights, momentums_1, momentums_2)[:n_out]
 
     return run
 
@@ -154,6 +150,6 @@ def sgd_optimizer_v2(attrs, node):
             lr = np.float32(lr.reshape(-1)[0])
             for w, g in zip(weights, gradients):
                 _sgd(*_flat(w, g), lr)
-        return (_flag(enabled), weights)[:n_out]
+        return (flag(enabled), weights)[:n_out]
 
     return run
