@@ -18,7 +18,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "runtime")) and _os.path.isfile
     __path__.append(_root)
 
 from edge_lbp._version import __version__  # noqa: E402
-from edge_lbp import config  # noqa: E402
+from edge_lbp.core import config  # noqa: E402
 
 config.apply_process_settings()
 

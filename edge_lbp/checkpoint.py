@@ -26,7 +26,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from edge_lbp.files import sha256, umask
+from edge_lbp.core.files import sha256, umask
 
 FORMAT = "edge_lbp.checkpoint"
 VERSION = 1

@@ -23,7 +23,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_lbp.runtime.artifact import logits_output, model_input
+from edge_lbp.core.artifact import logits_output, model_input
 
 # Files considered images in a class folder (anything else, e.g. a README or .DS_Store, is not data).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}

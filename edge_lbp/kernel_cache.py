@@ -16,7 +16,7 @@ import pkgutil
 from pathlib import Path
 
 # The modules that hold the engine's cached kernels (``runtime.kernels`` is searched for its sub-modules).
-_MODULES = ("edge_lbp.wht_kernels",)
+_MODULES = ("edge_lbp.core.wht_kernels",)
 _PACKAGES = ("edge_lbp.runtime.kernels",)
 FRESH, STALE, ABSENT = "fresh", "stale", "absent"
 
@@ -111,7 +111,7 @@ def warm_up(artifact_dir, threads=None) -> None:
     import numpy as np
 
     import edge_lbp.runtime as runtime
-    from edge_lbp.runtime.artifact import model_input
+    from edge_lbp.core.artifact import model_input
 
     session = runtime.load(artifact_dir, "numba", threads=threads)
     shape = [2] + model_input(session.artifact.manifest)["shape"][1:]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
+from edge_lbp.core import ort_names
 from edge_lbp.export.training import last_blocks
 from edge_lbp.runtime.graph import LiveBytes
 
@@ -87,7 +88,7 @@ def _blocks_of(steps):
 def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
     """``(baseline bytes, [Row])`` for ``batch``; see the module's description."""
     import edge_lbp.runtime as runtime
-    from edge_lbp.runtime.artifact import model_input, training_method
+    from edge_lbp.core.artifact import model_input, training_method
 
     session = runtime.load(artifact_dir, "numba", threads=threads)
     manifest = session.artifact.manifest
@@ -96,7 +97,7 @@ def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
     session.eval_step(rng.random((1, *shape), np.float32))
     baseline = psutil.Process().memory_info().rss
     inference = session.eval_bytes(batch)
-    copies = 1 + sum(1 for f in session.optimizer.feeds if f.endswith("_order_moments"))
+    copies = 1 + sum(1 for f in session.optimizer.feeds if ort_names.is_moment(f))
     size = {n: a.nbytes for n, a in session.params.items()}
     method = training_method(manifest)
     own = session.step_bytes(batch)

@@ -45,7 +45,7 @@ class Trainer:
     augmentation in ``fit``, and the numba engine's Dropout and drop-path draws; ``max_rejected``: a step whose
     loss or gradients are not finite is rejected before the optimizer runs (a :class:`DivergenceWarning`), and
     after this many in a row the run stops with a :class:`DivergenceError`; ``zo``: the ZO hyper-parameters of a
-    ``zo-hybrid`` artifact (``edge_lbp.zo.ZOConfig`` or a mapping; its ``lr`` follows the same schedule).
+    ``zo-hybrid`` artifact (``edge_lbp.core.zo.ZOConfig`` or a mapping; its ``lr`` follows the same schedule).
     """
 
     def __init__(self, artifact_dir, *, engine: str = "auto", threads=None, lr=None, schedule: str = "constant",

@@ -1,4 +1,4 @@
-"""Writes the demo's packaged artifact (``edge_lbp.packaged``) into the package's asset folder (workstation side).
+"""Writes the demo's packaged artifact (``edge_lbp.core.packaged``) into the package's asset folder (workstation side).
 
     python -m edge_lbp.export.bundle            # from the repository root: rewrites edge_lbp/assets/vit_c10_demo*
 
@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge_lbp import packaged
-from edge_lbp.runtime.artifact import MANIFEST, ORT_CHECKPOINT, PARAMS_FILE
+from edge_lbp.core import packaged
+from edge_lbp.core.artifact import MANIFEST, ORT_CHECKPOINT, PARAMS_FILE
 
 
 def bundle(assets_dir) -> Path:

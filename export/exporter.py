@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge_lbp import defaults
+from edge_lbp.core import defaults
 from edge_lbp.export import training, writer
 
 # What the built-in presets expect (CIFAR-style); other models get the same unless the caller says otherwise.
@@ -88,7 +88,7 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
     ``grid``: ``(H, W)`` or ``"HxW"``; ``block``: the WHT block side or ``"auto"`` (per layer, see
     ``lbp_rewrite.auto_block``); ``normalization``: ``(mean, std)`` per channel; ``progress``: called with
     one line per stage. ``method``: ``backprop`` (the training graph trains ``train``), ``zo-hybrid:K`` (the last K
-    blocks, final norm and head by backprop, every other parameter by SPSA on the device: ``edge_lbp.zo``) or
+    blocks, final norm and head by backprop, every other parameter by SPSA on the device: ``edge_lbp.core.zo``) or
     ``side`` (a query network and head beside the frozen backbone, reading the blocks ``taps``, default all:
     ``edge_lbp.export.side``).
     """
@@ -96,7 +96,7 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
 
     from edge_lbp.export.lbp_rewrite import LbpConfig, apply_lbp
 
-    from edge_lbp.zo import parse_method
+    from edge_lbp.core.zo import parse_method
 
     say = progress or (lambda line: None)
     zo_blocks = parse_method(method)

@@ -7,7 +7,7 @@ are declared for the device engine, which runs the fused kernels instead of thes
 import onnx
 from onnx import helper
 
-from edge_lbp import ops
+from edge_lbp.core import ops
 
 BODY_OPSET = 17
 ATTRIBUTES = ["grid", "extra_tokens", "block", "pairs", "selection", "grad_padding"]

@@ -17,10 +17,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edge_lbp import defaults, ops
-from edge_lbp.bases import check_block, parse_selection
-from edge_lbp.geometry import Geometry, parse_grid
-from edge_lbp.wht import Projector
+from edge_lbp.core import defaults, ops, ort_names
+from edge_lbp.core.bases import check_block, parse_selection
+from edge_lbp.core.geometry import Geometry, parse_grid
+from edge_lbp.core.wht import Projector
 from edge_lbp.export import lbp_functions
 
 MAX_EXTRA_TOKENS = 2  # CLS and distillation: more leading tokens than that are not inferred, only given
@@ -124,8 +124,8 @@ def find_linear_layers(model: onnx.ModelProto) -> List[LinearLayer]:
     producers = {out: n for n in nodes for out in n.output}
     grads: Dict[str, list] = {}
     for n in nodes:
-        if "_Grad/" in n.name:
-            grads.setdefault(n.name.split("_Grad/")[0], []).append(n)
+        if ort_names.forward_node_of(n.name) is not None:
+            grads.setdefault(ort_names.forward_node_of(n.name), []).append(n)
     layers = []
     for fwd in nodes:
         if fwd.domain not in ("", "ai.onnx") or fwd.name not in grads:
@@ -300,7 +300,7 @@ def rewrite(model: onnx.ModelProto, layers: Sequence[LinearLayer], projectors, g
         grad_op = ops.MATMUL_GRAD if layer.kind == "matmul" else ops.CONV_GRAD
         grad_node = helper.make_node(grad_op, [stash, layer.grad_output, layer.operand, f"{key}.grad_projection",
                                                f"{key}.reconstruction"], outputs,
-                                     name=f"{layer.node}_Grad/{grad_op}", domain=ops.DOMAIN, **attrs)
+                                     name=f"{layer.node}{ort_names.GRAD_SCOPE}{grad_op}", domain=ops.DOMAIN, **attrs)
         nodes = [n for n in nodes if n.name not in replaced]
         nodes.insert(backward_at, grad_node)
     del graph.node[:]

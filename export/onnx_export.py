@@ -10,7 +10,7 @@ import warnings
 
 import onnx
 
-from edge_lbp.ops import MAX_IR_VERSION
+from edge_lbp.core.ops import MAX_IR_VERSION
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -78,7 +78,7 @@ def first_output_only(model):
     fields (``logits`` first), a tuple its items, and DeiT's distilled output ``logits`` (the mean of the two
     heads) then ``cls_logits`` and ``distillation_logits``. Training needs one output for its loss.
     """
-    from edge_lbp.runtime.passes import prune_to_outputs
+    from edge_lbp.core.graphs import prune_to_outputs
 
     if len(model.graph.output) == 1:
         return model

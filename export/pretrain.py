@@ -24,7 +24,7 @@ from torch import nn
 
 from edge_lbp.export.exporter import DEFAULT_MEAN_STD
 from edge_lbp.export.models import PRESETS, build_model
-from edge_lbp.files import sha256
+from edge_lbp.core.files import sha256
 
 THREADS = 2
 PAD = 4  # random-crop padding in pixels

@@ -125,10 +125,10 @@ def backbone_reads(forward, training):
     """``(read, differentiated)``: the backbone activations that a node of the training graph's backward reads, and
     the backbone tensors that get a gradient; both empty when the backbone is frozen and detached. Backbone tensors
     are the outputs of the forward model's ``/backbone/`` nodes (the training graph keeps their names)."""
-    from edge_lbp.runtime.numba_session import backward_phase
+    from edge_lbp.core.ort_names import backward_phase, gradient
 
     backbone = {o for n in forward.graph.node if n.name.startswith(BACKBONE_SCOPE) for o in n.output}
     reads = {i for n in training.graph.node if backward_phase(n.name, n.op_type) == "backward"
              for i in n.input if i in backbone}
     produced = {o for n in training.graph.node for o in n.output}
-    return sorted(reads), sorted(t for t in backbone if f"{t}_grad" in produced)
+    return sorted(reads), sorted(t for t in backbone if gradient(t) in produced)

@@ -14,9 +14,9 @@ Facts about onnxruntime-training 1.19 this module relies on:
 import re
 from pathlib import Path
 
+from edge_lbp.core import ort_names
 from edge_lbp.runtime.lora import LORA_A, LORA_B
 
-LABELS_NAME = "labels"
 TRAINABLE_CHOICES = ("all", "last:K", "bias", "head", "lora:R")
 OPTIMIZERS = ("adamw", "sgd")
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
@@ -122,7 +122,7 @@ def generate_training_artifacts(model, out_dir, *, trainable="all", optimizer="a
     eval_path = out / "eval_model.onnx"
     onnx.save(trim_inference_batchnorm_outputs(onnx.load(eval_path)), eval_path)
     paths = {name: out / name for name in ARTIFACT_FILES}
-    return {**paths, "requires_grad": requires_grad, "frozen": frozen, "labels": LABELS_NAME}
+    return {**paths, "requires_grad": requires_grad, "frozen": frozen, "labels": ort_names.LABELS}
 
 
 def trim_inference_batchnorm_outputs(model):

@@ -1,4 +1,4 @@
-"""Writes the artifact folder whose layout and schema ``edge_lbp.runtime.artifact`` defines (the device side owns
+"""Writes the artifact folder whose layout and schema ``edge_lbp.core.artifact`` defines (the device side owns
 the format; the workstation writes through its names, and checks what it wrote with the same verifier)."""
 
 import json
@@ -8,8 +8,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_lbp.files import sha256, umask
-from edge_lbp.runtime.artifact import (BATCH, GRAPH_FILES, INPUT_RANGE, MANIFEST, ORT_CHECKPOINT, PARAMS_FILE,
+from edge_lbp.core.files import sha256, umask
+from edge_lbp.core.artifact import (BATCH, GRAPH_FILES, INPUT_RANGE, MANIFEST, ORT_CHECKPOINT, PARAMS_FILE,
                                        SCHEMA_VERSION, verify_artifact)
 
 
@@ -133,7 +133,7 @@ def _value_info(value):
 
 
 def _version():
-    from edge_lbp import __version__
+    from edge_lbp._version import __version__
 
     return __version__
 

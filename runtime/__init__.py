@@ -9,7 +9,7 @@ Modules: ``artifact`` (the folder's format, reader and verifier), ``session`` (t
 ``numba_session`` and ``ort_session`` (the engines), ``graph`` (the node-by-node executor), ``registry`` and
 ``kernels/`` (op kernels), ``passes`` (load-time graph passes), ``inference`` (the adapted model as plain ONNX).
 """
-from edge_lbp.config import set_threads
+from edge_lbp.core.config import set_threads
 
 ENGINES = ("numba", "ort")
 AUTO = "auto"  # the device engine, numba
@@ -19,13 +19,13 @@ def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True,
     """Open an artifact folder with the chosen engine; ``threads`` fixes the Numba and BLAS thread count (default:
     up to all cores, the numba engine choosing per pass from measured times: ``runtime.threads``); ``seed``: what
     Dropout and drop-path draw from, and the ZO perturbations (numba engine; ``Session.seed``); ``zo``: the ZO
-    hyper-parameters of a ``zo-hybrid`` artifact (``edge_lbp.zo.ZOConfig`` or a mapping; default its defaults)."""
+    hyper-parameters of a ``zo-hybrid`` artifact (``edge_lbp.core.zo.ZOConfig`` or a mapping; default its defaults)."""
     if engine == AUTO:
         engine = "numba"
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)} (or {AUTO})")
     set_threads(threads)
-    from edge_lbp.runtime.artifact import Artifact, training_method
+    from edge_lbp.core.artifact import Artifact, training_method
 
     artifact = Artifact.open(artifact_dir, verify=verify)
     method = training_method(artifact.manifest)["name"]
@@ -51,7 +51,7 @@ def load(artifact_dir, engine: str = AUTO, *, threads=None, verify: bool = True,
 def __getattr__(name):
     # The reader imports onnx: only when asked for, so that the CLI's parser can read ENGINES cheaply.
     if name in ("Artifact", "ArtifactError"):
-        from edge_lbp.runtime import artifact
+        from edge_lbp.core import artifact
 
         return getattr(artifact, name)
     raise AttributeError(f"module 'edge_lbp.runtime' has no attribute {name!r}")

@@ -131,10 +131,10 @@ class Graph:
 
     def __init__(self, model: onnx.ModelProto, *, name: str = "graph", random=None, bases=None):
         """``random``: the ``kernels.stochastic.RandomStream`` the graph's random kernels draw from (default: one
-        seeded with 0); ``bases``: the ``edge_lbp.energy.AdaptiveBases`` of its ``energy:r`` layers (default: a
+        seeded with 0); ``bases``: the ``edge_lbp.core.energy.AdaptiveBases`` of its ``energy:r`` layers (default: a
         fresh one)."""
         import edge_lbp.runtime.kernels  # noqa: F401  (registers every kernel)
-        from edge_lbp.energy import AdaptiveBases
+        from edge_lbp.core.energy import AdaptiveBases
         from edge_lbp.runtime.kernels.stochastic import RandomStream
 
         graph = model.graph

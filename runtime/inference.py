@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edge_lbp.ops import MAX_IR_VERSION, STANDARD_DOMAINS
+from edge_lbp.core.ops import MAX_IR_VERSION, STANDARD_DOMAINS
 from edge_lbp.runtime.lora import fold_lora
 
 

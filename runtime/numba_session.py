@@ -7,26 +7,17 @@ import time
 
 import numpy as np
 
-from edge_lbp import ops
-from edge_lbp.config import keep_freed_memory
-from edge_lbp.energy import AdaptiveBases
-from edge_lbp.runtime.artifact import Artifact, ArtifactError, model_input
+from edge_lbp.core import ort_names
+from edge_lbp.core.config import keep_freed_memory
+from edge_lbp.core.energy import AdaptiveBases
+from edge_lbp.core.artifact import Artifact, ArtifactError, model_input
 from edge_lbp.runtime.graph import Graph, LiveBytes, mismatched_shapes
 from edge_lbp.runtime.kernels.stochastic import RandomStream
 from edge_lbp.runtime.passes import accumulate_in_place, fold_transpose_into_gemm
 from edge_lbp.runtime.session import Capabilities, Inputs, Session, Unsupported
 from edge_lbp.runtime.threads import Threads
 
-# Ops ORT's gradient builder adds outside the ``<node>_Grad/`` names: loss gradient and gradient accumulation.
 _TRAINING, _EVAL = 0, 1  # random-stream keys: a training pass and an evaluation never share draws
-_BACKWARD_OPS = ("SoftmaxCrossEntropyLossGrad", "InPlaceAccumulatorV2", ops.GEMM_ACCUMULATE,
-                 ops.MATMUL_GRAD_ACCUMULATE, *ops.GRAD_OPS)
-
-
-def backward_phase(node_name: str, op_type: str) -> str:
-    """``forward`` or ``backward`` for a node of a training graph (ORT names gradient nodes ``<node>_Grad/...``)."""
-    backward = "_Grad/" in node_name or op_type in _BACKWARD_OPS or node_name.startswith("AccumulateGrad")
-    return "backward" if backward else "forward"
 
 
 def _backward_start(phases) -> Optional[int]:
@@ -61,11 +52,11 @@ class NumbaSession(Session):
         if wrong:
             raise ArtifactError(f"{artifact.path(artifact.manifest['params'])}: parameter {wrong[0]}"
                                 + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
-        moments = [f for f in self.optimizer.feeds if f.endswith("_order_moments")]
+        moments = [f for f in self.optimizer.feeds if ort_names.is_moment(f)]
         self.moments = {m: [np.zeros_like(self.params[p]) for p in self.trainable] for m in moments}
         self.step = 0
         self._passes = 0  # forward_backward calls since the last optimizer step (gradient accumulation)
-        phases = [backward_phase(step.name, step.op_type) for step in self.training.steps]
+        phases = [ort_names.backward_phase(step.name, step.op_type) for step in self.training.steps]
         self._phases = dict(zip((step.name for step in self.training.steps), phases))
         self._backward_start = _backward_start(phases)
 
@@ -73,8 +64,8 @@ class NumbaSession(Session):
                          on_forward_end=None, meter=None) -> float:
         feeds = self._feeds(inputs)
         feeds.update({self.artifact.labels: self._labels(labels, self._batch(feeds)), **self.params,
-                      "lazy_reset_grad": np.array([not accumulate])})
-        feeds.update((f"{p}_grad.accumulation.buffer", g) for p, g in self.grads.items())
+                      ort_names.LAZY_RESET: np.array([not accumulate])})
+        feeds.update((ort_names.accumulation_buffer(p), g) for p, g in self.grads.items())
         # Dropout and drop-path draw from (seed, step, pass): reproducible, and the same after a resume.
         self.random.reseed(self.seed, _TRAINING, self.step, self._passes)
         self._passes += 1

@@ -11,8 +11,8 @@ from typing import Dict, Mapping
 
 import numpy as np
 
-from edge_lbp.bases import is_adaptive
-from edge_lbp.runtime.artifact import Artifact
+from edge_lbp.core.bases import is_adaptive
+from edge_lbp.core.artifact import Artifact
 from edge_lbp.runtime.session import Capabilities, Inputs, Session
 
 

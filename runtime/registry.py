@@ -12,15 +12,15 @@ node belongs in the factory, so the per-step call does array work and nothing el
 The callable takes the node's inputs in order (``None`` for an omitted optional input) and returns a tuple with
 one entry per node output. A factory registered with ``random=True`` also takes ``stream=``, the graph's
 ``kernels.stochastic.RandomStream`` it draws from; one registered with ``adaptive=True`` takes ``bases=``, the
-graph's ``edge_lbp.energy.AdaptiveBases`` (the ``energy:r`` layers' state).
+graph's ``edge_lbp.core.energy.AdaptiveBases`` (the ``energy:r`` layers' state).
 """
 from typing import Callable, Dict, List, Optional, Tuple
 
 import onnx
 from onnx import helper
 
-from edge_lbp import ops
-from edge_lbp.ops import STANDARD_DOMAINS
+from edge_lbp.core import ops
+from edge_lbp.core.ops import STANDARD_DOMAINS
 
 STANDARD_DOMAIN = ""  # how the registry spells ai.onnx
 Factory = Callable[[dict, onnx.NodeProto], Callable[..., tuple]]

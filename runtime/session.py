@@ -17,7 +17,7 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import numpy as np
 
-from edge_lbp.runtime.artifact import Artifact, model_input
+from edge_lbp.core.artifact import Artifact, model_input
 
 Inputs = Union[np.ndarray, Mapping[str, np.ndarray]]
 

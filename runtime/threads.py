@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple
 
 import numba
 
-from edge_lbp.config import set_threads
+from edge_lbp.core.config import set_threads
 
 RECENT = 3  # passes per (batch, threads) whose median is compared
 REPROBE = 8  # every REPROBE-th pass tries a count other than the fastest

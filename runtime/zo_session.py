@@ -4,7 +4,7 @@ The artifact was exported with the last K blocks, final norm and head trainable 
 where asked, has no backward beyond them) and names the other parameters in ``manifest["method"]["zo"]``. A step:
 
 1. per probe, two forward passes of the eval graph (forward + loss, no activation kept for a backward) at
-   ``θ_zo ± εz``, with ``z`` regenerated from the probe's seed (``edge_lbp.zo``), giving ``g = (L+ - L-) / 2ε``;
+   ``θ_zo ± εz``, with ``z`` regenerated from the probe's seed (``edge_lbp.core.zo``), giving ``g = (L+ - L-) / 2ε``;
 2. the training graph at the unperturbed parameters: the loss and the first-order gradients of the last blocks;
 3. at the update: the artifact's optimizer on the first-order part, and plain SGD ``θ_zo -= lr_zo · mean(g z)``
    on the ZO part (``z`` drawn a fourth time from the same seed).
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 
-from edge_lbp.runtime.artifact import Artifact, ArtifactError, training_method
+from edge_lbp.core.artifact import Artifact, ArtifactError, training_method
 from edge_lbp.runtime.graph import Graph
 from edge_lbp.runtime.numba_session import NumbaSession
-from edge_lbp.runtime.passes import prune_to_outputs
+from edge_lbp.core.graphs import prune_to_outputs
 from edge_lbp.runtime.session import Inputs, NonFiniteStep
-from edge_lbp.zo import ZOConfig, add_perturbation, probe_key, spsa_probe
+from edge_lbp.core.zo import ZOConfig, add_perturbation, probe_key, spsa_probe
 
 _ZO_PASS = 2  # random-stream key of the ZO forwards (beside numba_session's training 0 and evaluation 1)
 

@@ -5,12 +5,12 @@ import pytest
 from onnx import helper
 
 import lbp_reference as ref
-from edge_lbp import ops
-from edge_lbp.bases import parse_selection, sequency_order
-from edge_lbp.energy import AdaptiveBases, LayerEnergy, basis_energies, top_energy
+from edge_lbp.core import ops
+from edge_lbp.core.bases import parse_selection, sequency_order
+from edge_lbp.core.energy import AdaptiveBases, LayerEnergy, basis_energies, top_energy
 import edge_lbp.runtime.kernels  # noqa: F401  (registers the kernels)
 from edge_lbp.runtime import registry
-from edge_lbp.wht import Projector
+from edge_lbp.core.wht import Projector
 
 GRID, EXTRA, K = (8, 8), 1, 4  # 4 blocks of 4x4 after a CLS token
 PLANTED = [(3, 1), (0, 2), (2, 3)]  # not the three lowest sequencies

@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime.training")
 from onnxruntime.training.api import CheckpointState, Module, Optimizer  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
-from edge_lbp import ops  # noqa: E402
+from edge_lbp.core import ops  # noqa: E402
 from edge_lbp.runtime import artifact  # noqa: E402
 from edge_lbp.export.exporter import export_model  # noqa: E402
 

@@ -10,6 +10,7 @@ pytest.importorskip("onnxruntime.training")
 
 from onnxruntime.training.api import CheckpointState, Module, Optimizer  # noqa: E402
 
+from edge_lbp.core import ort_names  # noqa: E402
 from edge_lbp.export import models, onnx_export, training  # noqa: E402
 
 FAMILIES = ["vit-tiny", "deit-tiny", "swin-tiny", "efficientformer-tiny"]
@@ -49,7 +50,7 @@ def test_artifacts_train_two_steps(exported, tmp_path, name, trainable):
     for file in training.ARTIFACT_FILES:
         assert result[file].exists()
     state, session, optimizer = _session(tmp_path)
-    assert session.input_names() == ["input", training.LABELS_NAME]
+    assert session.input_names() == ["input", ort_names.LABELS]
     before = {n: state.parameters[n].data.copy() for n in result["requires_grad"] + result["frozen"]}
     assert {n for n in before if state.parameters[n].requires_grad} == set(result["requires_grad"])
     x, y = _batch(module)

@@ -7,12 +7,12 @@ from onnx import helper, numpy_helper
 pytest.importorskip("onnxruntime.training", reason="the export extra is not installed")
 from onnxruntime.training.api import CheckpointState, Module, Optimizer  # noqa: E402
 
-from edge_lbp import ops  # noqa: E402
+from edge_lbp.core import ops  # noqa: E402
 from edge_lbp.export.lbp_rewrite import LbpConfig, LinearLayer, apply_lbp, find_linear_layers, layer_geometry  # noqa: E402
 from edge_lbp.export.models import build_model  # noqa: E402
 from edge_lbp.export.onnx_export import export_forward  # noqa: E402
 from edge_lbp.export.training import generate_training_artifacts  # noqa: E402
-from edge_lbp.wht import linear_backward  # noqa: E402
+from edge_lbp.core.wht import linear_backward  # noqa: E402
 
 FAMILIES = ["vit-tiny", "deit-tiny", "swin-tiny", "efficientformer-tiny"]
 
@@ -76,7 +76,7 @@ def _as_tokens(a, kind):
 
 
 def test_rewritten_gradients_equal_linear_backward(family):
-    """ORT's gradient of every rewritten layer equals edge_lbp.wht.linear_backward on the same x and dy."""
+    """ORT's gradient of every rewritten layer equals edge_lbp.core.wht.linear_backward on the same x and dy."""
     layers = {l.node: l for l in find_linear_layers(family["training"])}
     rewritten, table = apply_lbp(family["training"], family["forward"], family["shape"], LbpConfig.parse("lp-tri:4"))
     rows = [r for r in table if r["status"] == "rewritten"]

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from edge_lbp import ops  # noqa: E402
+from edge_lbp.core import ops  # noqa: E402
 from edge_lbp.export import models, onnx_export  # noqa: E402
 
 TINY = ["vit-tiny", "deit-tiny", "swin-tiny", "efficientformer-tiny"]

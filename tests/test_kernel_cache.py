@@ -64,5 +64,5 @@ def test_the_engine_cache_is_cold_in_an_empty_folder(tmp_path):
     status = json.loads(result.stdout)
     assert status["state"] == "cold" and status["cache_dir"] == str(tmp_path)
     assert status["fresh"] == status["stale"] == 0 and status["absent"] == len(status["kernels"]) >= 10
-    assert "edge_lbp.wht_kernels.project_grid" in status["kernels"]
+    assert "edge_lbp.core.wht_kernels.project_grid" in status["kernels"]
     assert not any(name.endswith("_reflect") for name in status["kernels"])  # inline helpers have no cache files

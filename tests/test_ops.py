@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import lbp_reference as ref
-from edge_lbp import ops
-from edge_lbp.wht import Projector
+from edge_lbp.core import ops
+from edge_lbp.core.wht import Projector
 
 
 @pytest.mark.parametrize("padding", ["reflect", "zero"])

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from edge_lbp import packaged
-from edge_lbp.runtime.artifact import ArtifactError, verify_artifact
+from edge_lbp.core import packaged
+from edge_lbp.core.artifact import ArtifactError, verify_artifact
 
 
 def test_assembled_artifact_passes_the_verifier_and_trains_the_demo_task(tmp_path):
@@ -49,7 +49,7 @@ def test_a_tampered_head_fails_the_checksum(tmp_path, monkeypatch):
 
 
 def test_packaged_settings_are_what_the_demo_and_exporter_default_to():
-    from edge_lbp import defaults
+    from edge_lbp.core import defaults
     from edge_lbp.cli import build_parser
 
     args = build_parser().parse_args(["demo"])

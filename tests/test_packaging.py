@@ -21,9 +21,9 @@ def _python(code, tmp_path, python=sys.executable):
 
 DEVICE_IMPORTS = textwrap.dedent("""
     import sys
-    import edge_lbp, edge_lbp.runtime, edge_lbp.devices, edge_lbp.export, edge_lbp.wht, edge_lbp.cli
+    import edge_lbp, edge_lbp.runtime, edge_lbp.devices, edge_lbp.export, edge_lbp.core.wht, edge_lbp.cli
     import numpy as np
-    from edge_lbp.wht import linear_backward
+    from edge_lbp.core.wht import linear_backward
     gx, gw, gb = linear_backward(np.ones((1, 65, 4), np.float32), np.ones((1, 65, 3), np.float32),
                                  np.ones((3, 4), np.float32), grid=(8, 8), extra_tokens=1)
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime"))
@@ -215,4 +215,4 @@ def test_demo_runs_on_a_device_only_install(tmp_path):
     assert "kernels: compiling the Numba kernels for this machine (cold cache; only the first run" in demo.stdout
     assert re.search(r"kernels: compiled \d+ Numba kernels in \d+ s; later runs reuse them", demo.stdout)
     warm = cache_state()
-    assert warm["state"] == "partly warm" and warm["kernels"]["edge_lbp.wht_kernels.project_grid"] == "fresh"
+    assert warm["state"] == "partly warm" and warm["kernels"]["edge_lbp.core.wht_kernels.project_grid"] == "fresh"

@@ -14,7 +14,7 @@ import pytest
 
 import edge_lbp.runtime as runtime
 from edge_lbp.checkpoint import CheckpointError, load_checkpoint, locked, save_checkpoint
-from edge_lbp.runtime.artifact import ArtifactError
+from edge_lbp.core.artifact import ArtifactError
 from edge_lbp.runtime.session import NonFiniteStep
 
 pytest.importorskip("torch", reason="the export extra is not installed (tiny artifacts are exported here)")
@@ -340,7 +340,7 @@ def test_a_factory_that_is_not_a_model_is_one_line(tmp_path, capsys):
 
 # -- 8. the minor ones ---------------------------------------------------------------------------------------------
 def test_threads_zero_on_the_api_is_refused():
-    from edge_lbp.config import set_threads
+    from edge_lbp.core.config import set_threads
 
     with pytest.raises(ValueError, match="threads=0"):
         set_threads(0)

@@ -7,9 +7,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 import edge_lbp.runtime as runtime
-from edge_lbp.runtime.artifact import Artifact, ArtifactError
+from edge_lbp.core.artifact import Artifact, ArtifactError
 from edge_lbp.runtime.graph import Graph, UnsupportedGraph
-from edge_lbp.runtime.passes import prune_to_outputs
+from edge_lbp.core.graphs import prune_to_outputs
 from edge_lbp.runtime.registry import register
 
 F = onnx.TensorProto.FLOAT
@@ -163,7 +163,7 @@ def test_one_thread_setting_for_numba_and_blas():
     import numba
     from threadpoolctl import threadpool_info
 
-    from edge_lbp.config import set_threads
+    from edge_lbp.core.config import set_threads
 
     try:
         assert set_threads(1) == 1
@@ -299,7 +299,7 @@ def _kept_after_free(setup, env=None):
 def test_the_numba_engine_keeps_freed_memory_for_the_next_step(tmp_path):
     """Once the numba engine is loaded, a freed 64 MB array stays in the process for the next allocation instead
     of going back to the system (glibc's default unmaps it, and the next step faults it in again: the control)."""
-    from edge_lbp import packaged
+    from edge_lbp.core import packaged
 
     folder = packaged.assemble(tmp_path / "demo")
     assert _kept_after_free("") < 8

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import lbp_reference as ref
-from edge_lbp.bases import parse_selection
-from edge_lbp.wht import Projector, linear_backward, lowrank_backward
+from edge_lbp.core.bases import parse_selection
+from edge_lbp.core.wht import Projector, linear_backward, lowrank_backward
 
 
 def _layer(rng, b, n, ci, co):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import lbp_reference as ref
-from edge_lbp.bases import Selection, hadamard_sequency, parse_selection
-from edge_lbp.geometry import Geometry, parse_grid
+from edge_lbp.core.bases import Selection, hadamard_sequency, parse_selection
+from edge_lbp.core.geometry import Geometry, parse_grid
 
 
 @pytest.mark.parametrize("k", [2, 4, 8, 16])

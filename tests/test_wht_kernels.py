@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import lbp_reference as ref
-from edge_lbp.wht import Projector
+from edge_lbp.core.wht import Projector
 
 CASES = [
     # (height, width, extra, block, batch, channels, selection)

@@ -5,7 +5,7 @@ import pytest
 import edge_lbp.runtime as runtime
 from edge_lbp.cli import main
 from edge_lbp.trainer import Trainer
-from edge_lbp.zo import ZOConfig, add_perturbation, perturbations, probe_key, spsa_probe
+from edge_lbp.core.zo import ZOConfig, add_perturbation, perturbations, probe_key, spsa_probe
 
 THREADS = 1
 

@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-from edge_lbp import defaults
+from edge_lbp.core import defaults
 from edge_lbp._version import __version__
 from edge_lbp.runtime import AUTO, ENGINES
 
@@ -125,7 +125,7 @@ def _add_train(commands) -> None:
     cmd.add_argument("--max-rejected", type=_count, default=10, metavar="N",
                      help="stop after N steps in a row with a non-finite loss or gradient (default: %(default)s)")
     cmd.add_argument("--seed", type=_count0, default=0)
-    zo = cmd.add_argument_group("zo-hybrid artifacts (defaults: edge_lbp.zo.ZOConfig)")
+    zo = cmd.add_argument_group("zo-hybrid artifacts (defaults: edge_lbp.core.zo.ZOConfig)")
     zo.add_argument("--zo-eps", type=_positive, metavar="X", help="SPSA perturbation scale (default: 1e-3)")
     zo.add_argument("--zo-probes", type=_count, metavar="N", help="SPSA probes per step (default: 1)")
     zo.add_argument("--zo-lr", type=_number(float, 0, False), metavar="X",

@@ -1,7 +1,7 @@
 """``edge-lbp demo``: adapt the bundled pretrained ViT to a new task on this machine, and say what it cost.
 
 With no options everything comes from this package: the CIFAR-10 backbone in ``edge_lbp/assets``, already
-exported with LBP (``edge_lbp.packaged``), is adapted on the numba engine to a generated 8-class
+exported with LBP (``edge_lbp.core.packaged``), is adapted on the numba engine to a generated 8-class
 shapes-and-textures task, with no torch and no ONNX Runtime. Options that need another export (``--lbp``,
 ``--block``, ``--data`` with another class count) export afresh with the ``export`` extra; ``--artifact`` adapts
 an artifact exported elsewhere.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_lbp import defaults, packaged
+from edge_lbp.core import defaults, packaged
 
 BACKBONE = packaged.BACKBONE
 EPOCHS = 8

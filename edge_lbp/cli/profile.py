@@ -5,7 +5,7 @@ import warnings
 
 import edge_lbp.runtime as runtime
 from edge_lbp.data import endless_batches, random_batches
-from edge_lbp.files import check_writable
+from edge_lbp.core.files import check_writable
 from edge_lbp.profile_report import summary
 from edge_lbp.profiler import profile
 

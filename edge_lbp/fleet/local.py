@@ -80,7 +80,7 @@ class LocalFleet:
                  run_config: dict | None = None, threads: int = 1, restarts: int = 2, timeout: float = 3600.0):
         if clients < 1 or rounds < 1:
             raise ValueError(f"--clients and --rounds must be at least 1, got {clients} and {rounds}")
-        from edge_lbp.runtime.artifact import Artifact
+        from edge_lbp.core.artifact import Artifact
 
         Artifact.open(artifact)  # a wrong path fails here in one line, not in a ServerApp traceback minutes later
         if not Path(data).exists():

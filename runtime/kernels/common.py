@@ -3,7 +3,7 @@ row views for row-wise Numba kernels, and float32 constants (Numba keeps float32
 operand is float32)."""
 import numpy as np
 
-from edge_lbp.ops import MICROSOFT as MS  # noqa: F401  (the domain of ORT's training and contrib ops)
+from edge_lbp.core.ops import MICROSOFT as MS  # noqa: F401  (the domain of ORT's training and contrib ops)
 
 ONE = np.float32(1)
 ZERO = np.float32(0)

@@ -2,15 +2,15 @@
 
 An ``energy:r`` layer's projection and gradient nodes share the layer's entry in the graph's adaptive bases
 (keyed by the stash tensor between them): both read its current selection, and the gradient node lets it
-measure the output gradient after use (``edge_lbp.energy``).
+measure the output gradient after use (``edge_lbp.core.energy``).
 """
 import numpy as np
 
-from edge_lbp import ops
-from edge_lbp.bases import is_adaptive
+from edge_lbp.core import ops
+from edge_lbp.core.bases import is_adaptive
 from edge_lbp.runtime.kernels.common import flag, overwrites
 from edge_lbp.runtime.registry import register
-from edge_lbp.wht import lowrank_backward
+from edge_lbp.core.wht import lowrank_backward
 
 
 def _layer(attrs, node, bases, stash):

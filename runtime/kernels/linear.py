@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
-from edge_lbp import ops
+from edge_lbp.core import ops
 from edge_lbp.runtime.kernels.common import MS, flag, node_error, overwrites, wanted
 from edge_lbp.runtime.registry import register
 

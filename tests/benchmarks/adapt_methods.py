@@ -50,7 +50,7 @@ TIMING_ROUNDS, TIMING_STEPS = 5, 4
 # train (a TRAINERS name). A new method is a PARTS entry, plus a TRAINERS entry if it trains otherwise. -----------
 
 def _lbp(arg, block):
-    from edge_lbp import defaults
+    from edge_lbp.core import defaults
 
     return {"lbp": arg or defaults.SELECTION, "block": block}
 
@@ -101,7 +101,7 @@ def parse_method(method, block):
 
 
 def export(method, settings, folder, classes, lr):
-    from edge_lbp import defaults
+    from edge_lbp.core import defaults
     from edge_lbp.export.exporter import export_model
     from edge_lbp.export.models import load_pretrained
 
@@ -153,7 +153,7 @@ def step_macs(manifest):
                 macs += n * lora * ((ci + co) + 2 * co + ci * (1 + upstream))
         upstream = upstream or bool(own)
     if manifest.get("method", {}).get("name") == "zo-hybrid":
-        from edge_lbp.zo import ZOConfig
+        from edge_lbp.core.zo import ZOConfig
 
         macs += 2 * ZOConfig().probes * step_macs({**manifest, "trainable": [], "method": {}})
     return macs

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from edge_lbp.wht import Projector, linear_backward
+from edge_lbp.core.wht import Projector, linear_backward
 
 BATCH, EXTRA, GRID = 4, 1, (14, 14)
 LAYERS = {"qkv": (768, 2304), "proj": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}

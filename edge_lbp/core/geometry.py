@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Tuple, Union
 
-from edge_lbp import defaults
-from edge_lbp.bases import check_block
+from edge_lbp.core import defaults
+from edge_lbp.core.bases import check_block
 
 PADDING_MODES = ("reflect", "zero")
 

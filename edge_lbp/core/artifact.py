@@ -23,7 +23,7 @@ from typing import Dict
 import numpy as np
 import onnx
 
-from edge_lbp.files import sha256
+from edge_lbp.core.files import sha256
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -128,7 +128,7 @@ class Artifact:
 
     def inference_graph(self) -> onnx.ModelProto:
         """The eval graph cut down to the logits: the eval graph ends in the loss, which needs labels."""
-        from edge_lbp.runtime.passes import prune_to_outputs
+        from edge_lbp.core.graphs import prune_to_outputs
 
         return prune_to_outputs(self.graph("eval"), [self.logits["name"]])
 

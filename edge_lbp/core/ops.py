@@ -21,8 +21,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from edge_lbp.bases import Selection
-from edge_lbp.wht import Projector
+from edge_lbp.core.bases import Selection
+from edge_lbp.core.wht import Projector
 
 STANDARD_DOMAINS = ("", "ai.onnx")  # both spellings of the default ONNX domain
 MICROSOFT = "com.microsoft"  # ONNX Runtime's contrib and training ops

@@ -82,7 +82,7 @@ ENERGY_PREFIX = "energy:"
 
 
 def is_adaptive(name: str) -> bool:
-    """Whether a selection's bases are re-chosen during training (``energy:r``, see ``edge_lbp.energy``)."""
+    """Whether a selection's bases are re-chosen during training (``energy:r``, see ``edge_lbp.core.energy``)."""
     return name.startswith(ENERGY_PREFIX)
 
 

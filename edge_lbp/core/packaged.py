@@ -15,7 +15,7 @@ import shutil
 from importlib.resources import as_file, files
 from pathlib import Path
 
-from edge_lbp import defaults
+from edge_lbp.core import defaults
 
 BACKBONE = "vit-c10"
 BACKBONE_FILE = "vit_c10.safetensors"
@@ -46,7 +46,7 @@ def assemble(out_dir) -> Path:
     """Write the packaged artifact to ``out_dir`` (a new folder) and verify it; return its path."""
     from safetensors.numpy import load_file, save_file
 
-    from edge_lbp.runtime.artifact import PARAMS_FILE, verify_artifact
+    from edge_lbp.core.artifact import PARAMS_FILE, verify_artifact
 
     source, out = assets() / FOLDER, Path(out_dir)
     out.mkdir(parents=True)

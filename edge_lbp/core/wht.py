@@ -12,9 +12,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from edge_lbp import defaults, wht_kernels
-from edge_lbp.bases import Selection, SelectionSpec, hadamard_sequency, parse_selection
-from edge_lbp.geometry import PADDING_MODES, Geometry
+from edge_lbp.core import defaults, wht_kernels
+from edge_lbp.core.bases import Selection, SelectionSpec, hadamard_sequency, parse_selection
+from edge_lbp.core.geometry import PADDING_MODES, Geometry
 
 __all__ = ["Projector", "linear_backward", "lowrank_backward"]
 

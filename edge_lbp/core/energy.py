@@ -14,9 +14,9 @@ from typing import Dict
 
 import numpy as np
 
-from edge_lbp import defaults
-from edge_lbp.bases import Selection, sequency_order
-from edge_lbp.wht import Projector
+from edge_lbp.core import defaults
+from edge_lbp.core.bases import Selection, sequency_order
+from edge_lbp.core.wht import Projector
 
 
 def top_energy(energies: np.ndarray, rank: int, block: int) -> Selection:
