@@ -4,7 +4,7 @@ The device path imports numpy, numba, onnx and psutil only; the workstation side
 additionally needs torch and onnxruntime-training, imported lazily where they are used.
 
 ``edge_lbp.export_model(model, out_dir, ...)`` (workstation) writes an artifact folder;
-``edge_lbp.runtime.load(artifact_dir)`` (device) opens it for training; ``edge_lbp.Trainer(artifact_dir)``
+``edge_lbp.load(artifact_dir)`` (device) opens it for training; ``edge_lbp.Trainer(artifact_dir)``
 (device) trains it on data with schedules, accumulation, clipping and checkpoints.
 """
 import os as _os
@@ -22,15 +22,15 @@ from edge_lbp.core import config  # noqa: E402
 
 config.apply_process_settings()
 
-__all__ = ["__version__", "export_model", "Trainer"]
+__all__ = ["__version__", "export_model", "load", "Trainer"]
 
 
 def __getattr__(name):
-    # The exporter pulls in torch: import it only when asked for.
-    if name == "export_model":
-        from edge_lbp.export.exporter import export_model
+    # The exporter pulls in torch and the engines numba: import them only when asked for.
+    if name in ("export_model", "load"):
+        from edge_lbp import methods
 
-        return export_model
+        return getattr(methods, name)
     if name == "Trainer":  # lazily too, so that `import edge_lbp` stays light
         from edge_lbp.trainer import Trainer
 

@@ -110,10 +110,10 @@ def warm_up(artifact_dir, threads=None) -> None:
     throw-away session and a batch of two zero images: Numba compiles per argument type, not per shape."""
     import numpy as np
 
-    import edge_lbp.runtime as runtime
+    import edge_lbp
     from edge_lbp.core.artifact import model_input
 
-    session = runtime.load(artifact_dir, "numba", threads=threads)
+    session = edge_lbp.load(artifact_dir, "numba", threads=threads)
     shape = [2] + model_input(session.artifact.manifest)["shape"][1:]
     images = np.zeros(shape, np.float32)
     session.eval_step(images)

@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 
 from edge_lbp.core import ort_names
-from edge_lbp.export.training import last_blocks
+from edge_lbp.methods.partial import last_blocks
 from edge_lbp.runtime.graph import LiveBytes
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
@@ -87,10 +87,10 @@ def _blocks_of(steps):
 
 def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
     """``(baseline bytes, [Row])`` for ``batch``; see the module's description."""
-    import edge_lbp.runtime as runtime
+    import edge_lbp
     from edge_lbp.core.artifact import model_input, training_method
 
-    session = runtime.load(artifact_dir, "numba", threads=threads)
+    session = edge_lbp.load(artifact_dir, "numba", threads=threads)
     manifest = session.artifact.manifest
     shape = model_input(manifest)["shape"][1:]
     rng = np.random.default_rng(0)

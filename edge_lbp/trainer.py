@@ -59,9 +59,9 @@ class Trainer:
         for name, value in (("lr", lr), ("clip_norm", clip_norm)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number; got {value}")
-        import edge_lbp.runtime as runtime
+        import edge_lbp
 
-        self.session = runtime.load(artifact_dir, engine, threads=threads, seed=seed, zo=zo)
+        self.session = edge_lbp.load(artifact_dir, engine, threads=threads, seed=seed, zo=zo)
         self.zo = self.session.zo.record() if hasattr(self.session, "zo") else None
         if clip_norm is not None and not self.session.capabilities.gradients:
             raise ValueError(f"clip_norm needs the numba engine: the {self.session.engine} engine keeps its "

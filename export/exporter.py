@@ -18,7 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge_lbp.core import defaults
 from edge_lbp.export import training, writer
 
 # What the built-in presets expect (CIFAR-style); other models get the same unless the caller says otherwise.
@@ -78,71 +77,56 @@ def _human_bytes(size):
     return f"{size:.1f} GB"
 
 
-def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimizer="adamw", lr=1e-3,
-                 input_shape=None, num_classes=None, grid=None, extra_tokens=None, block=defaults.EXPORT_BLOCK,
-                 normalization=None, method="backprop", taps=None, progress=None):
+def export_artifact(model, out_dir, *, method, lbp, optimizer="adamw", lr=1e-3, input_shape=None,
+                    num_classes=None, normalization=None, progress=None):
     """Export ``model`` to the artifact folder ``out_dir`` and return a ``Report``.
 
-    ``lbp``: ``"none"``, ``"full"``, ``"lp-tri:<o>"``, optionally followed by ``,pattern=spec`` overrides;
-    ``train``: a trainable-set choice of ``training.TRAINABLE_CHOICES``; ``input_shape``: ``(C, H, W)``;
-    ``grid``: ``(H, W)`` or ``"HxW"``; ``block``: the WHT block side or ``"auto"`` (per layer, see
-    ``lbp_rewrite.auto_block``); ``normalization``: ``(mean, std)`` per channel; ``progress``: called with
-    one line per stage. ``method``: ``backprop`` (the training graph trains ``train``), ``zo-hybrid:K`` (the last K
-    blocks, final norm and head by backprop, every other parameter by SPSA on the device: ``edge_lbp.core.zo``) or
-    ``side`` (a query network and head beside the frozen backbone, reading the blocks ``taps``, default all:
-    ``edge_lbp.export.side``).
+    ``method``: an ``edge_lbp.methods`` method (how the model is adapted, what trains, what the manifest records);
+    ``lbp``: the rewrite's ``LbpConfig``; ``input_shape``: ``(C, H, W)``; ``normalization``: ``(mean, std)`` per
+    channel; ``progress``: called with one line per stage. ``edge_lbp.export_model`` takes the options' spellings.
     """
     import onnx
 
-    from edge_lbp.export.lbp_rewrite import LbpConfig, apply_lbp
-
-    from edge_lbp.core.zo import parse_method
+    from edge_lbp.export.lbp_rewrite import apply_lbp
 
     say = progress or (lambda line: None)
-    zo_blocks = parse_method(method)
-    if method != "backprop" and train != "all":
-        raise ValueError(f"--method {method} chooses the trainable set itself; leave --train at all")
-    if taps is not None and zo_blocks != "side":
-        raise ValueError("--taps applies to --method side")
-    train = "side" if zo_blocks == "side" else f"last:{zo_blocks}" if zo_blocks else train
     # Everything that can be checked without the model is checked before the slow stages.
-    config = LbpConfig.parse(lbp, grid=grid, extra_tokens=extra_tokens, block=block)
     if optimizer not in training.OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(training.OPTIMIZERS)}")
     if not lr > 0:
         raise ValueError(f"learning rate must be positive, got {lr}")
-    if extra_tokens is not None and grid is None:
+    if lbp.extra_tokens is not None and lbp.grid is None:
         raise ValueError("--extra-tokens only applies with --grid (the grid they precede)")
-    from edge_lbp.export import lora
-
-    rank = lora.rank_of(train)
-    adapt = None if rank is None else (lambda module: lora.add_adapters(module, rank))
-    if zo_blocks == "side":
-        adapt = _side_wrapper(model, taps, num_classes)
+    refusal = method.NOT_FOR_ONNX
+    if refusal and isinstance(model, (str, os.PathLike)) and (os.fspath(model).endswith(".onnx")
+                                                               or Path(model).is_file()):
+        raise ValueError(f"{os.fspath(model)}: {refusal}")
     say(f"forward ONNX from {_describe(model)}")
-    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes, adapt=adapt)
+    forward, source, eval_forward = load_model(model, input_shape=input_shape, num_classes=num_classes,
+                                               adapt=lambda module: method.adapt(module, num_classes))
     input_shape = source["input_shape"]
-    if len(input_shape) == 2 and config.grid is None:
+    if len(input_shape) == 2 and lbp.grid is None:
         raise ValueError(f"{source['source']}: the input is a token sequence (batch, {input_shape[0]}, "
                          f"{input_shape[1]}); give its grid with --grid HxW --extra-tokens E")
     # Images are normalised per channel; a token input is fed as it is (mean 0, std 1 per feature).
     mean_std = (_normalization(normalization, input_shape[0]) if len(input_shape) == 3 else
                 _normalization(normalization or ([0.0] * input_shape[1], [1.0] * input_shape[1]), input_shape[1]))
+    trainable, frozen = method.split(training.parameter_names(forward), forward)
     with tempfile.TemporaryDirectory(prefix="edge_lbp_export_") as tmp:
-        say(f"ORT training artifacts (train {train}, {optimizer})")
+        say(f"ORT training artifacts (--method {method.spec}, {optimizer})")
         with _native_stderr_silenced():
-            result = training.generate_training_artifacts(forward, tmp, trainable=train, optimizer=optimizer)
+            result = training.generate_training_artifacts(forward, tmp, trainable, frozen, optimizer=optimizer)
             if eval_forward is not None:
-                _replace_eval_graph(eval_forward, tmp, train, optimizer)
+                _replace_eval_graph(eval_forward, tmp, trainable, frozen, optimizer)
         training_graph = onnx.load(result["training_model.onnx"])
-        record = _method_record(method, zo_blocks, forward, training_graph, result["frozen"], adapt)
-        say(f"LBP rewrite ({lbp})")
-        rewritten, table = apply_lbp(training_graph, forward, input_shape, config)
+        record = method.record(forward, training_graph, frozen)
+        say(f"LBP rewrite ({lbp.spec})")
+        rewritten, table = apply_lbp(training_graph, forward, input_shape, lbp)
         say(f"writing {out_dir}")
         manifest = writer.write_artifact(
-            out_dir, forward=forward, training=rewritten, ort_dir=tmp, trainable=result["requires_grad"],
-            frozen=result["frozen"], labels=result["labels"], lr=lr, model=source, trainable_set=train,
-            lbp={"spec": lbp, **dataclasses.asdict(config), "layers": table},
+            out_dir, forward=forward, training=rewritten, ort_dir=tmp, trainable=trainable, frozen=frozen,
+            labels=result["labels"], lr=lr, model=source, trainable_set=method.trainable_set,
+            lbp={"spec": lbp.spec, **dataclasses.asdict(lbp), "layers": table},
             normalization=mean_std, method=record)
     sizes = _parameter_sizes(forward)
     return Report(source=source["source"], out_dir=Path(out_dir), layers=table,
@@ -151,43 +135,12 @@ def export_model(model, out_dir, *, lbp=defaults.SELECTION, train="all", optimiz
                   manifest=manifest)
 
 
-def _replace_eval_graph(eval_forward, ort_dir, train, optimizer):
+def _replace_eval_graph(eval_forward, ort_dir, trainable, frozen, optimizer):
     """The eval graph from the eval-mode export: ORT derives it from the training-mode forward, where drop-path
     would draw random numbers at every evaluation. Parameter names are the same in both exports."""
     with tempfile.TemporaryDirectory(prefix="edge_lbp_eval_") as tmp:
-        training.generate_training_artifacts(eval_forward, tmp, trainable=train, optimizer=optimizer)
+        training.generate_training_artifacts(eval_forward, tmp, trainable, frozen, optimizer=optimizer)
         shutil.copyfile(Path(tmp) / "eval_model.onnx", Path(ort_dir) / "eval_model.onnx")
-
-
-def _side_wrapper(model, taps, num_classes):
-    """The side network around the torch module (``load_model``'s ``adapt``); it records the blocks it taps."""
-    from edge_lbp.export.side import SideTuned
-
-    if isinstance(model, (str, os.PathLike)) and (os.fspath(model).endswith(".onnx") or Path(model).is_file()):
-        raise ValueError(f"{os.fspath(model)}: side-tuning wraps a torch model with transformer blocks (a preset, "
-                         "a module, a factory or a Hugging Face checkpoint), not an ONNX file")
-
-    def wrap(module):
-        side = SideTuned(module, taps, num_classes)
-        wrap.taps = list(side.taps)
-        return side
-
-    return wrap
-
-
-def _method_record(method, zo_blocks, forward, training_graph, frozen, adapt):
-    """The manifest's ``method`` entry (None for plain backprop); for ``side``, after checking that the training
-    graph has no backward through the backbone."""
-    if zo_blocks is None:
-        return None
-    if zo_blocks == "side":
-        from edge_lbp.export.side import backbone_reads
-
-        read, differentiated = backbone_reads(forward, training_graph)
-        if read or differentiated:  # a guard on the wrapper itself: the backbone must be frozen and detached
-            raise RuntimeError(f"side-tuning: the backward reaches the backbone ({(read + differentiated)[:3]})")
-        return {"name": "side", "taps": adapt.taps}
-    return {"name": "zo-hybrid", "blocks": zo_blocks, "zo": list(frozen)}
 
 
 def _describe(model):
@@ -215,8 +168,6 @@ def load_model(model, *, input_shape=None, num_classes=None, adapt=None):
                             num_classes, adapt)
     if _FACTORY.fullmatch(text):
         return _from_module(_call_factory(text, num_classes), text, "factory", input_shape, num_classes, adapt)
-    if Path(text).is_file() and adapt is not None:
-        raise ValueError(f"{text}: LoRA adapters are added to a torch model before its export, not to an ONNX file")
     if Path(text).is_file():
         return _from_onnx(text, input_shape, num_classes)
     if text.endswith(".onnx"):

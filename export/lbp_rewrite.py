@@ -36,6 +36,7 @@ class LbpConfig:
     extra_tokens: Optional[int] = None
     block: Union[int, str] = defaults.EXPORT_BLOCK  # a power of two, or "auto" (chosen per layer: auto_block)
     grad_padding: str = "reflect"
+    spec: str = defaults.SELECTION  # as the user spelled it (the manifest records it)
 
     @classmethod
     def parse(cls, lbp: str = defaults.SELECTION, *, grid=None, extra_tokens=None,
@@ -50,7 +51,7 @@ class LbpConfig:
             overrides.append((pattern.strip(), spec.strip()))
         block = defaults.AUTO if str(block).strip().lower() == defaults.AUTO else check_block(int(block))
         config = cls(default, tuple(overrides), parse_grid(grid) if grid is not None else None,
-                     None if extra_tokens is None else int(extra_tokens), block)
+                     None if extra_tokens is None else int(extra_tokens), block, spec=lbp)
         for spec in [default] + [s for _, s in overrides]:
             if spec != "none":
                 parse_selection(spec, defaults.BLOCK if block == defaults.AUTO else block)

@@ -15,22 +15,9 @@ import re
 from pathlib import Path
 
 from edge_lbp.core import ort_names
-from edge_lbp.runtime.lora import LORA_A, LORA_B
 
-TRAINABLE_CHOICES = ("all", "last:K", "bias", "head", "lora:R")
 OPTIMIZERS = ("adamw", "sgd")
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
-
-# Parameter names (torch state_dict names survive the export as initializer names): export.models and timm name
-# blocks ``blocks.<i>.`` (timm's Swin ``layers.<s>.blocks.<b>.``), heads ``head.``/``head_dist.`` and the final
-# norm ``norm.``/``fc_norm.``; Hugging Face ``<model>.layers.<i>.`` (older releases ``encoder.layer.<i>.``, Swin
-# ``encoder.layers.<s>.blocks.<b>.``), ``classifier.`` (DeiT: ``cls_classifier.``, ``distillation_classifier.``)
-# and ``<model>.layernorm.``.
-_BLOCK_INDEX = re.compile(r"(?:^|\.)(?:blocks|layers|layer)\.(\d+)(?=\.)")
-HEAD_PREFIXES = ("head.", "head_dist.", "classifier.", "cls_classifier.", "distillation_classifier.")
-_FINAL_NORM = re.compile(r"(?:norm|fc_norm|[A-Za-z_]+\.layernorm)\.")
-ADAPTER_SUFFIXES = (f".{LORA_A}", f".{LORA_B}")
-_NORM_OPS = ("LayerNormalization", "BatchNormalization")
 
 
 class GradientError(ValueError):
@@ -46,60 +33,12 @@ def parameter_names(model):
             if t.data_type == onnx.TensorProto.FLOAT and t.name not in running]
 
 
-def block_key(name: str):
-    """The block a parameter belongs to: the indices of the ``blocks``/``layers``/``layer`` components of its
-    name (``(stage, block)`` when nested), or None."""
-    return tuple(int(m.group(1)) for m in _BLOCK_INDEX.finditer(name)) or None
-
-
-def last_blocks(names, count: int):
-    """The parameters ``last:K`` trains: the last ``count`` blocks', the final norm's and the head's. A stage's own
-    parameters (Swin's patch merging, ``layers.<s>.downsample``: a shorter key than its blocks') are not a block."""
-    keys = {block_key(n) for n in names} - {None}
-    if not keys:
-        raise ValueError("last:K needs blocks named 'blocks.<i>.', 'layers.<i>.' or 'layer.<i>.' and the model has "
-                         "none")
-    depth = max(map(len, keys))
-    kept = set(sorted(k for k in keys if len(k) == depth)[-count:])
-    return {n for n in names if n.startswith(HEAD_PREFIXES) or _FINAL_NORM.match(n) or block_key(n) in kept}
-
-
-def split_parameters(model, trainable="all"):
-    """(requires_grad, frozen) parameter-name lists for a trainable-set choice.
-
-    - ``all``: every parameter.
-    - ``last:K``: the last K transformer blocks, the final norm and the head (:func:`last_blocks`).
-    - ``bias``: every bias, every normalisation scale/shift, and the head.
-    - ``head``: the classifier only (``head.`` and, for DeiT, ``head_dist.``; Hugging Face's ``classifier.``).
-    - ``lora:R``: the LoRA adapters (``export.lora``, added before the export) and the head.
-    """
-    names = parameter_names(model)
-    head = {n for n in names if n.startswith(HEAD_PREFIXES)}
-    if trainable == "all":
-        chosen = set(names)
-    elif trainable == "head":
-        chosen = head
-    elif re.fullmatch(r"lora:[1-9]\d*", trainable):
-        chosen = head | {n for n in names if n.endswith(ADAPTER_SUFFIXES)}
-    elif trainable == "side":  # the side network of edge_lbp.export.side; the backbone stays frozen
-        chosen = {n for n in names if n.startswith("side.")}
-    elif trainable == "bias":
-        norms = {n.input[i] for n in model.graph.node if n.op_type in _NORM_OPS for i in (1, 2) if i < len(n.input)}
-        chosen = head | {n for n in names if n.endswith(".bias") or n in norms}
-    elif re.fullmatch(r"last:[1-9]\d*", trainable):
-        chosen = last_blocks(names, int(trainable.split(":")[1]))
-    else:
-        raise ValueError(f"unknown trainable set {trainable!r}; choose one of {', '.join(TRAINABLE_CHOICES)}")
-    if not chosen:
-        raise ValueError(f"trainable set {trainable!r} selects no parameter of this model")
-    return [n for n in names if n in chosen], [n for n in names if n not in chosen]
-
-
-def generate_training_artifacts(model, out_dir, *, trainable="all", optimizer="adamw"):
+def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer="adamw"):
     """Write training_model.onnx, eval_model.onnx, optimizer_model.onnx and checkpoint into ``out_dir``.
 
     ``model`` is a forward ModelProto as returned by ``onnx_export.export_forward``/``load_onnx`` (one output, the
-    logits). Returns a dict with the artifact paths, ``requires_grad``, ``frozen`` and ``labels`` (input name).
+    logits); ``trainable`` and ``frozen``: parameter names (a method's ``split``). Returns a dict with the artifact
+    paths and ``labels`` (the label input's name).
     Raises GradientError when ORT cannot differentiate a node.
     """
     import onnx
@@ -110,11 +49,10 @@ def generate_training_artifacts(model, out_dir, *, trainable="all", optimizer="a
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if len(model.graph.output) != 1:
         raise ValueError(f"the forward model must have one output (the logits), it has {len(model.graph.output)}")
-    requires_grad, frozen = split_parameters(model, trainable)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        artifacts.generate_artifacts(model, requires_grad=requires_grad, frozen_params=frozen,
+        artifacts.generate_artifacts(model, requires_grad=list(trainable), frozen_params=list(frozen),
                                      loss=artifacts.LossType.CrossEntropyLoss, optimizer=optim,
                                      artifact_directory=out)
     except Exception as exc:
@@ -122,7 +60,7 @@ def generate_training_artifacts(model, out_dir, *, trainable="all", optimizer="a
     eval_path = out / "eval_model.onnx"
     onnx.save(trim_inference_batchnorm_outputs(onnx.load(eval_path)), eval_path)
     paths = {name: out / name for name in ARTIFACT_FILES}
-    return {**paths, "requires_grad": requires_grad, "frozen": frozen, "labels": ort_names.LABELS}
+    return {**paths, "labels": ort_names.LABELS}
 
 
 def trim_inference_batchnorm_outputs(model):

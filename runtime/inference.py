@@ -9,15 +9,17 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edge_lbp.core.ops import MAX_IR_VERSION, STANDARD_DOMAINS
-from edge_lbp.runtime.lora import fold_lora
 
 
-def inference_model(session) -> onnx.ModelProto:
-    """The eval graph cut down to the logits, with the session's current parameters as initializers (LoRA
-    adapters folded into the weights they adapt)."""
+def inference_model(session, fold=None) -> onnx.ModelProto:
+    """The eval graph cut down to the logits, with the session's current parameters as initializers; ``fold``:
+    ``(graph, parameters) -> (graph, parameters)``, what the artifact's method adds folded away (LoRA adapters
+    into the weights they adapt: ``edge_lbp.methods``)."""
     artifact = session.artifact
     output = artifact.logits
-    model, params = fold_lora(artifact.inference_graph(), session.parameters())
+    model, params = artifact.inference_graph(), session.parameters()
+    if fold is not None:
+        model, params = fold(model, params)
     graph = model.graph
     read = {i for n in graph.node for i in n.input}
     for value_info in [i for i in graph.input if i.name not in read]:  # the folded adapters
@@ -40,11 +42,11 @@ def inference_model(session) -> onnx.ModelProto:
     return model
 
 
-def export_inference(session, path) -> Path:
-    """Write :func:`inference_model` to ``path`` atomically (a temporary file, then a rename)."""
+def write_model(model: onnx.ModelProto, path) -> Path:
+    """Write ``model`` to ``path`` atomically (a temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    onnx.save(inference_model(session), str(partial))
+    onnx.save(model, str(partial))
     os.replace(partial, path)
     return path

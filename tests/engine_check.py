@@ -40,9 +40,9 @@ def compare_engines(folder, input_shape, classes, steps=5, seed=0):
     """Load ``folder`` on both engines, train ``steps`` steps on the same random batches of 3 and return what
     ``LIMITS`` bounds: the relative difference of eval logits on 2 probe inputs before and after training, the
     largest relative loss difference and ``parameter_differences``' two maxima."""
-    from edge_lbp import runtime
+    import edge_lbp
 
-    numba, ort = runtime.load(folder, "numba"), runtime.load(folder, "ort")
+    numba, ort = edge_lbp.load(folder, "numba"), edge_lbp.load(folder, "ort")
     initial = numba.parameters()
     rng = np.random.default_rng(seed)
     probe = rng.standard_normal((2, *input_shape)).astype(np.float32)
@@ -67,16 +67,16 @@ def compare_random_training(folder, probe, want, classes, steps=3, seed=0):
     """For an artifact whose training graph draws random numbers (dropout, drop-path), where the engines cannot
     agree: both engines' eval logits on ``probe`` against ``want`` (the model's in eval mode), relative; whether the
     numba engine repeats its losses from the same session seed, and whether another seed changes them."""
-    from edge_lbp import runtime
+    import edge_lbp
 
-    measured = {f"eval_{engine}": rel(runtime.load(folder, engine).eval_step(probe), want)
+    measured = {f"eval_{engine}": rel(edge_lbp.load(folder, engine).eval_step(probe), want)
                 for engine in ("numba", "ort")}
     rng = np.random.default_rng(seed)
     batches = [(rng.standard_normal((4, *probe.shape[1:])).astype(np.float32), rng.integers(0, classes, 4))
                for _ in range(steps)]
 
     def losses(session_seed):
-        session = runtime.load(folder, "numba", seed=session_seed)
+        session = edge_lbp.load(folder, "numba", seed=session_seed)
         return [session.train_step(x, y) for x, y in batches]
 
     first = losses(1)
@@ -90,9 +90,9 @@ def assert_side_gradients_match(folder, x, y, threads=1):
     to float32 rounding of the difference (lr · g dominates the parameter after the step)."""
     import pytest
 
-    import edge_lbp.runtime as runtime
+    import edge_lbp
 
-    numba, ort = runtime.load(folder, "numba", threads=threads), runtime.load(folder, "ort", threads=threads)
+    numba, ort = edge_lbp.load(folder, "numba", threads=threads), edge_lbp.load(folder, "ort", threads=threads)
     loss = numba.forward_backward(x, y)
     before = ort.parameters()
     ort.lr = 1e3

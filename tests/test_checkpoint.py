@@ -14,7 +14,7 @@ from edge_lbp.trainer import Trainer
 
 pytest.importorskip("torch", reason="the export extra is not installed (tiny artifacts are exported here)")
 
-from edge_lbp.export.exporter import export_model  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 from test_data import write_folder  # noqa: E402
 
 THREADS = 1  # see test_trainer.py: steady step times on a shared 2-core machine

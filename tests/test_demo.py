@@ -18,7 +18,7 @@ from subprocess_guard import BLOCK_WORKSTATION
 def artifact(tmp_path_factory):
     pytest.importorskip("torch", reason="the export extra is not installed (this artifact is exported here)")
     pytest.importorskip("onnxruntime.training", reason="the export extra is not installed (exported here)")
-    from edge_lbp.export.exporter import export_model
+    from edge_lbp.methods import export_model
 
     folder = tmp_path_factory.mktemp("demo") / "artifact"
     export_model("vit-tiny", folder, lr=1e-3)

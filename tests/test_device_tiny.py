@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import edge_lbp.runtime as runtime
+import edge_lbp
 from edge_lbp.checkpoint import load_checkpoint
 from edge_lbp.cli import main
 from edge_lbp.data import open_dataset, random_batches
@@ -111,7 +112,7 @@ def test_trainer_resumes_bit_for_bit(tmp_path):
     assert np.array_equal(losses, straight_losses)
     mine, theirs = resumed.session.parameters(), straight.session.parameters()
     assert mine.keys() == theirs.keys() and all(np.array_equal(mine[n], theirs[n]) for n in mine)
-    initial = runtime.load(ARTIFACT, threads=THREADS).parameters()
+    initial = edge_lbp.load(ARTIFACT, threads=THREADS).parameters()
     assert any(not np.array_equal(mine[n], initial[n]) for n in mine)
 
 
@@ -127,7 +128,7 @@ def test_fit_and_evaluate_on_an_image_folder(tmp_path):
 
 
 def test_profiler_times_every_phase_and_the_lbp_ops():
-    session = runtime.load(ARTIFACT, "numba", threads=THREADS)
+    session = edge_lbp.load(ARTIFACT, "numba", threads=THREADS)
     prof = profile(session, random_batches(session.artifact.manifest, 4), steps=2, warmup=1)
     report = prof.report()
     assert report["steps"] == 2 and set(report["phases"]) == {"forward", "backward", "optimizer"}

@@ -96,7 +96,7 @@ def test_energy_rank_must_fit_the_block():
 @pytest.fixture(scope="module")
 def energy_artifact(tmp_path_factory):
     pytest.importorskip("onnxruntime.training", reason="the export extra is not installed")
-    from edge_lbp.export.exporter import export_model
+    from edge_lbp.methods import export_model
 
     folder = tmp_path_factory.mktemp("energy") / "vit-tiny"
     export_model("vit-tiny", folder, lbp="energy:3", block=4, lr=1e-3)
@@ -128,7 +128,7 @@ def test_selection_survives_a_checkpoint_resume_bit_exactly(energy_artifact, tmp
 
 
 def test_ort_engine_refuses_energy_bases_in_one_line(energy_artifact):
-    import edge_lbp.runtime as runtime
+    import edge_lbp
 
     with pytest.raises(ValueError, match="use energy:r bases, which only the numba engine re-selects"):
-        runtime.load(energy_artifact, "ort")
+        edge_lbp.load(energy_artifact, "ort")

@@ -13,8 +13,8 @@ from onnxruntime.training.api import CheckpointState, Module, Optimizer  # noqa:
 from safetensors.numpy import load_file  # noqa: E402
 
 from edge_lbp.core import ops  # noqa: E402
-from edge_lbp.runtime import artifact  # noqa: E402
-from edge_lbp.export.exporter import export_model  # noqa: E402
+from edge_lbp.core import artifact  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 
 FAMILIES = ["vit-tiny", "deit-tiny", "swin-tiny", "efficientformer-tiny"]
 LBP = ["none", "full", "lp-tri:4"]
@@ -79,7 +79,7 @@ def test_family_lbp_trainable_set(tmp_path, name, lbp, train):
 
 def test_manifest_schema(tmp_path):
     out = tmp_path / "art"
-    export_model("deit-tiny", out, optimizer="sgd", lr=0.05, train="head")
+    export_model("deit-tiny", out, optimizer="sgd", lr=0.05, method="head")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == artifact.SCHEMA_VERSION == 1
     assert manifest["graphs"] == {"training": "training_model.onnx", "eval": "eval_model.onnx",
@@ -99,7 +99,7 @@ def test_manifest_schema(tmp_path):
 
 
 def test_adamw_hyper_parameters_come_from_the_graph(tmp_path):
-    export_model("vit-tiny", tmp_path / "art", train="head", lbp="none")
+    export_model("vit-tiny", tmp_path / "art", method="head", lbp="none")
     optimizer = json.loads((tmp_path / "art" / "manifest.json").read_text())["optimizer"]
     assert optimizer == {"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.0,
                          "bias_correction": True, "lr": 1e-3}
@@ -108,7 +108,7 @@ def test_adamw_hyper_parameters_come_from_the_graph(tmp_path):
 @pytest.fixture(scope="module")
 def small_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("small") / "art"
-    export_model("vit-tiny", out, train="head", lbp="none")
+    export_model("vit-tiny", out, method="head", lbp="none")
     return out
 
 
@@ -141,13 +141,13 @@ def test_existing_artifact_is_replaced_other_folders_are_not(small_artifact, tmp
     again = tmp_path / "again"
     shutil.copytree(small_artifact, again)
     (again / "stale.bin").write_bytes(b"old")
-    export_model("vit-tiny", again, train="head", lbp="none")
+    export_model("vit-tiny", again, method="head", lbp="none")
     assert not (again / "stale.bin").exists()
     artifact.verify_artifact(again)
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("keep me")
     with pytest.raises(ValueError, match="not empty and holds no artifact"):
-        export_model("vit-tiny", precious, train="head", lbp="none")
+        export_model("vit-tiny", precious, method="head", lbp="none")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left behind
     assert (precious / "thesis.tex").read_text() == "keep me"

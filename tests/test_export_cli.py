@@ -12,8 +12,8 @@ pytest.importorskip("onnxruntime.training")
 
 from edge_lbp import cli  # noqa: E402
 from edge_lbp.export import models, onnx_export  # noqa: E402
-from edge_lbp.runtime import artifact  # noqa: E402
-from edge_lbp.export.exporter import export_model  # noqa: E402
+from edge_lbp.core import artifact  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 
@@ -35,7 +35,7 @@ def assert_one_error_line(code, err, *fragments):
 
 def test_cli_exports_and_prints_the_report(capsys, tmp_path):
     code, out, err = run_cli(capsys, "vit-tiny", "-o", tmp_path / "art", "--lbp", "lp-tri:4,blocks.0.*=none",
-                             "--train", "all", "--optimizer", "sgd", "--lr", "0.05")
+                             "--method", "all", "--optimizer", "sgd", "--lr", "0.05")
     assert code == 0 and err == ""
     manifest = artifact.verify_artifact(tmp_path / "art")
     assert manifest["optimizer"]["name"] == "sgd" and manifest["optimizer"]["lr"] == 0.05
@@ -116,8 +116,8 @@ def test_onnx_file_and_module_sources(tmp_path):
     module = models.build_model("efficientformer-tiny")
     path = tmp_path / "ef.onnx"
     onnx.save(onnx_export.export_forward(module, (3, 32, 32)), path)
-    from_file = export_model(path, tmp_path / "a", train="bias")
-    from_module = export_model(module, tmp_path / "b", train="bias")
+    from_file = export_model(path, tmp_path / "a", method="bias")
+    from_module = export_model(module, tmp_path / "b", method="bias")
     assert from_file.manifest["model"]["kind"] == "onnx" and from_file.manifest["model"]["input_shape"] == [3, 32, 32]
     assert from_module.manifest["model"]["kind"] == "module" and from_module.manifest["model"]["family"] == (
         "efficientformer")
@@ -127,7 +127,7 @@ def test_onnx_file_and_module_sources(tmp_path):
 
 def test_progress_lines_and_report_without_rewritable_layers(tmp_path):
     lines = []
-    report = export_model("vit-tiny", tmp_path / "art", train="head", progress=lines.append)
+    report = export_model("vit-tiny", tmp_path / "art", method="head", progress=lines.append)
     assert [line.split()[0] for line in lines] == ["forward", "ORT", "LBP", "writing"]
     assert "nothing to rewrite" in report.format() and "left exact" not in report.format()
 
@@ -148,7 +148,7 @@ def _hardswish_onnx(path):
     (lambda d: [d / "missing.onnx"], ["missing.onnx", "no such file"]),
     (lambda d: ["vit-huge"], ["unknown model 'vit-huge'"]),
     (lambda d: ["vit-tiny", "--lbp", "lp-tri:x"], ["lp-tri:x"]),
-    (lambda d: ["vit-tiny", "--train", "some"], ["trainable set 'some'"]),
+    (lambda d: ["vit-tiny", "--method", "some"], ["unknown method 'some'"]),
     (lambda d: ["vit-tiny", "--input-shape", "3,32"], ["'3,32'", "C,H,W"]),
     (lambda d: ["vit-tiny", "--input-shape", "3,32,16"], ["square"]),
     (lambda d: ["vit-tiny", "--lr", "0"], ["--lr", "must be > 0"]),

@@ -6,9 +6,8 @@ import pytest
 pytest.importorskip("onnxruntime.training", reason="the export extra is not installed")
 transformers = pytest.importorskip("transformers", reason="transformers (a test dependency) is not installed")
 import torch  # noqa: E402
-
-import edge_lbp.runtime as runtime  # noqa: E402
-from edge_lbp.export.exporter import export_model  # noqa: E402
+import edge_lbp  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 from engine_check import (assert_side_gradients_match, compare_engines, compare_random_training,  # noqa: E402
                           exceeded, rel as _rel)
 
@@ -69,7 +68,7 @@ def test_eager_attention_exports_the_same_function(tmp_path):
     eager = export_model(build("vit", attn="eager"), tmp_path / "eager", lbp="lp-tri:4")
     assert [r["grid"] for r in sdpa.layers] == [r["grid"] for r in eager.layers]
     x = np.random.default_rng(1).standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
-    a, b = runtime.load(tmp_path / "sdpa", "numba"), runtime.load(tmp_path / "eager", "numba")
+    a, b = edge_lbp.load(tmp_path / "sdpa", "numba"), edge_lbp.load(tmp_path / "eager", "numba")
     assert _rel(a.eval_step(x), b.eval_step(x)) < 1e-5
     _engines_agree(tmp_path / "eager")
 
@@ -81,7 +80,7 @@ def test_distilled_deit_logits_are_the_mean_of_its_heads(tmp_path):
     with torch.no_grad():
         out = model(torch.from_numpy(x))
     np.testing.assert_allclose(out.logits.numpy(), (out.cls_logits + out.distillation_logits).numpy() / 2, rtol=1e-6)
-    np.testing.assert_allclose(runtime.load(tmp_path / "art", "numba").eval_step(x), out.logits.numpy(),
+    np.testing.assert_allclose(edge_lbp.load(tmp_path / "art", "numba").eval_step(x), out.logits.numpy(),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -95,10 +94,10 @@ def test_checkpoint_folder_exports_offline(tmp_path):
     x = np.random.default_rng(3).standard_normal((2, 3, SIDE, SIDE)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).logits.numpy()
-    np.testing.assert_allclose(runtime.load(tmp_path / "art", "numba").eval_step(x), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(edge_lbp.load(tmp_path / "art", "numba").eval_step(x), want, rtol=1e-4, atol=1e-5)
     relabelled = export_model(f"hf:{tmp_path / 'ckpt'}", tmp_path / "art7", lbp="none", num_classes=7)
     assert relabelled.manifest["model"]["num_classes"] == 7
-    params = runtime.load(tmp_path / "art7", "numba").parameters()
+    params = edge_lbp.load(tmp_path / "art7", "numba").parameters()
     np.testing.assert_array_equal(params["vit.embeddings.cls_token"], model.vit.embeddings.cls_token.detach().numpy())
     assert params["classifier.weight"].shape == (7, VIT["hidden_size"])
 
@@ -132,7 +131,7 @@ def test_dropout_trains_from_the_session_seed_and_evaluates_without_it(tmp_path,
     ("swin", {"swin.encoder.layers.1.blocks.0.", "swin.layernorm."}, ["classifier.weight", "classifier.bias"]),
 ])
 def test_last_blocks_and_head_know_hugging_face_names(name, last, head):
-    from edge_lbp.export.training import HEAD_PREFIXES, last_blocks
+    from edge_lbp.methods.partial import HEAD_PREFIXES, last_blocks
 
     names = [n for n, _ in build(name).named_parameters()]
     assert [n for n in names if n.startswith(HEAD_PREFIXES)] == head
@@ -141,7 +140,7 @@ def test_last_blocks_and_head_know_hugging_face_names(name, last, head):
 
 
 def test_hf_model_trains_its_last_block_on_numba_as_on_ort(tmp_path):
-    report = export_model(build("vit"), tmp_path / "art", train="last:1", lr=0.01)
+    report = export_model(build("vit"), tmp_path / "art", method="last:1", lr=0.01)
     trainable = report.manifest["trainable"]
     assert trainable and all(n.startswith(("vit.layers.1.", "vit.layernorm.", "classifier.")) for n in trainable)
     assert "vit.layers.1.mlp.fc1.weight" in trainable and "vit.layers.0.mlp.fc1.weight" not in trainable
@@ -165,17 +164,17 @@ def test_hf_model_side_tunes_its_blocks_without_backbone_backprop(tmp_path, name
 
 def test_hf_model_trains_lora_adapters_on_numba_as_on_ort(tmp_path):
     """lora:R adapts Hugging Face's q/k/v/o projections and MLP layers; only they and the classifier train."""
-    report = export_model(build("vit"), tmp_path / "lora", train="lora:2", lbp="none", lr=0.01)
+    report = export_model(build("vit"), tmp_path / "lora", method="lora:2", lbp="none", lr=0.01)
     trainable = report.manifest["trainable"]
     adapted = {n.rsplit(".", 2)[-2] for n in trainable if n.endswith((".lora_a", ".lora_b"))}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"}
     assert [n for n in trainable if not n.endswith((".lora_a", ".lora_b"))] == ["classifier.weight", "classifier.bias"]
     _engines_agree(tmp_path / "lora")
     # The inference model folds the adapters into their weights and gives the adapted logits.
-    from edge_lbp.runtime.inference import export_inference
+    from edge_lbp.methods import export_inference
     import onnxruntime
 
-    session, rng = runtime.load(tmp_path / "lora", "numba"), np.random.default_rng(3)
+    session, rng = edge_lbp.load(tmp_path / "lora", "numba"), np.random.default_rng(3)
     for _ in range(3):
         session.train_step(rng.standard_normal((2, 3, SIDE, SIDE)).astype(np.float32), rng.integers(0, CLASSES, 2))
     path = export_inference(session, tmp_path / "adapted.onnx")

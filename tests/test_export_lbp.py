@@ -12,6 +12,7 @@ from edge_lbp.export.lbp_rewrite import LbpConfig, LinearLayer, apply_lbp, find_
 from edge_lbp.export.models import build_model  # noqa: E402
 from edge_lbp.export.onnx_export import export_forward  # noqa: E402
 from edge_lbp.export.training import generate_training_artifacts  # noqa: E402
+from method_split import split  # noqa: E402
 from edge_lbp.core.wht import linear_backward  # noqa: E402
 
 FAMILIES = ["vit-tiny", "deit-tiny", "swin-tiny", "efficientformer-tiny"]
@@ -24,7 +25,7 @@ def family(request, tmp_path_factory):
     shape = (model.config.in_chans, model.config.img_size, model.config.img_size)
     forward = export_forward(model, shape)
     folder = tmp_path_factory.mktemp(request.param)
-    generate_training_artifacts(forward, folder, trainable="all", optimizer="sgd")
+    generate_training_artifacts(forward, folder, *split(forward), optimizer="sgd")
     return dict(name=request.param, forward=forward, shape=shape, folder=folder,
                 training=onnx.load(folder / "training_model.onnx"))
 

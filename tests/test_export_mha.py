@@ -5,9 +5,8 @@ import pytest
 pytest.importorskip("onnxruntime.training", reason="the export extra is not installed")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-
-import edge_lbp.runtime as runtime  # noqa: E402
-from edge_lbp.export.exporter import export_model  # noqa: E402
+import edge_lbp  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 from edge_lbp.export.mha import LinearAttention, replace_multihead_attention  # noqa: E402
 from engine_check import assert_parameters_match  # noqa: E402
 from factory_models import mha_vit  # noqa: E402
@@ -67,7 +66,7 @@ def test_multihead_attention_vit_trains_with_lbp(tmp_path):
     for block in (0, 1):
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             assert rewritten[f"blocks.{block}.attn.{proj}.weight"] == ((8, 8), 1)
-    numba, ort = runtime.load(tmp_path / "art", "numba"), runtime.load(tmp_path / "art", "ort")
+    numba, ort = edge_lbp.load(tmp_path / "art", "numba"), edge_lbp.load(tmp_path / "art", "ort")
     initial = numba.parameters()
     rng = np.random.default_rng(0)
     for _ in range(5):

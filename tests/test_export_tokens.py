@@ -7,8 +7,7 @@ import pytest
 pytest.importorskip("onnxruntime.training", reason="the export extra is not installed")
 import onnx  # noqa: E402
 import torch  # noqa: E402
-
-import edge_lbp.runtime as runtime  # noqa: E402
+import edge_lbp  # noqa: E402
 from edge_lbp import cli  # noqa: E402
 from edge_lbp.export import onnx_export  # noqa: E402
 from engine_check import assert_parameters_match  # noqa: E402
@@ -33,7 +32,7 @@ def test_token_input_exports_with_its_grid_and_trains(capsys, tmp_path, token_on
     layers = json.loads((art / "manifest.json").read_text())["lbp"]["layers"]
     grids = {r["layer"]: (r["grid"], r["extra_tokens"]) for r in layers if r["status"] == "rewritten"}
     assert grids == {"fc1.weight": ([8, 8], 2), "fc2.weight": ([8, 8], 2)}
-    numba, ort = runtime.load(art, "numba"), runtime.load(art, "ort")
+    numba, ort = edge_lbp.load(art, "numba"), edge_lbp.load(art, "ort")
     initial = numba.parameters()
     rng = np.random.default_rng(0)
     for _ in range(5):

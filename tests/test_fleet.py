@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.app import RecordDict  # noqa: E402
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords  # noqa: E402
 
-from edge_lbp.export.exporter import export_model  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 from edge_lbp.export.models import load_pretrained  # noqa: E402
 from edge_lbp.fleet import client  # noqa: E402
 
@@ -40,7 +40,7 @@ SEED, BATCH = 3, 32
 def artifact(tmp_path_factory):
     """The bundled CIFAR-10 backbone with a new 10-class head, last block trainable with LBP-WHT."""
     folder = tmp_path_factory.mktemp("fleet") / "vit-c10"
-    export_model(load_pretrained("vit-c10", num_classes=10), folder, train="last:1", lr=1e-3)
+    export_model(load_pretrained("vit-c10", num_classes=10), folder, method="last:1", lr=1e-3)
     return folder
 
 

@@ -4,16 +4,15 @@ import onnx
 import pytest
 
 ort = pytest.importorskip("onnxruntime")
-
-import edge_lbp.runtime as runtime  # noqa: E402
-from edge_lbp.export.exporter import export_model  # noqa: E402
-from edge_lbp.runtime.inference import export_inference  # noqa: E402
+import edge_lbp  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
+from edge_lbp.methods import export_inference  # noqa: E402
 
 
 @pytest.mark.parametrize("family", ["vit-tiny", "efficientformer-tiny"])
 def test_exported_inference_graph_gives_the_engines_logits(tmp_path, family):
-    export_model(family, tmp_path / "artifact", lr=0.01, train="all")
-    session = runtime.load(tmp_path / "artifact", "numba")
+    export_model(family, tmp_path / "artifact", lr=0.01, method="all")
+    session = edge_lbp.load(tmp_path / "artifact", "numba")
     rng = np.random.default_rng(0)
     for _ in range(3):  # adapt a little, so the exported weights are not the exported initial ones
         session.train_step(rng.standard_normal((4, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 4))
@@ -29,5 +28,5 @@ def test_exported_inference_graph_gives_the_engines_logits(tmp_path, family):
     expected = session.eval_step(x)
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     # and they are the adapted weights, not the exported ones
-    fresh = runtime.load(tmp_path / "artifact", "numba").eval_step(x)
+    fresh = edge_lbp.load(tmp_path / "artifact", "numba").eval_step(x)
     assert np.abs(fresh - expected).max() > 1e-3

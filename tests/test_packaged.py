@@ -64,7 +64,7 @@ def test_packaged_files_equal_a_fresh_export(tmp_path):
     pytest.importorskip("torch", reason="re-exporting needs the export extra")
     # The script as a user runs it, in its own process: ONNX Runtime's loss block numbers its node names with a
     # process-wide counter, so an export after others in the same process names the loss output differently.
-    result = subprocess.run([sys.executable, "-m", "edge_lbp.export.bundle", "--assets", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "edge_lbp.bundle", "--assets", str(tmp_path)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     fresh = tmp_path / packaged.FOLDER
@@ -73,8 +73,8 @@ def test_packaged_files_equal_a_fresh_export(tmp_path):
     for path in fresh.iterdir():
         if path.name != "manifest.json":
             assert path.read_bytes() == (shipped / path.name).read_bytes(), f"{path.name} differs: rerun " \
-                                                                               "python -m edge_lbp.export.bundle"
+                                                                               "python -m edge_lbp.bundle"
     assert (tmp_path / packaged.HEAD_FILE).read_bytes() == (packaged.assets() / packaged.HEAD_FILE).read_bytes()
     ours, theirs = (json.loads((folder / "manifest.json").read_text()) for folder in (fresh, shipped))
     assert ours.pop("created") and theirs.pop("created")
-    assert ours == theirs, "the manifest differs from a fresh export: rerun python -m edge_lbp.export.bundle"
+    assert ours == theirs, "the manifest differs from a fresh export: rerun python -m edge_lbp.bundle"

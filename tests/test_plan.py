@@ -1,12 +1,11 @@
 """edge-lbp plan: each method's memory at a batch size from one artifact, checked against the methods' own artifacts."""
 import pytest
-
-import edge_lbp.runtime as runtime
+import edge_lbp
 from edge_lbp.cli import main
 from edge_lbp.plan import parse_size, plan
 
 pytest.importorskip("torch", reason="the export extra is not installed (tiny artifacts are exported here)")
-from edge_lbp.export.exporter import export_model  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 
 BATCH = 32
 
@@ -33,13 +32,13 @@ def test_the_estimates_agree_with_each_method_s_own_artifact(artifacts):
     by = {r.method: r for r in rows}
     assert list(by) == ["inference", "full", "zo-hybrid:1", "side"] and baseline > 0
     assert by["full"].measured and by["inference"].measured and not by["side"].measured
-    measured = {name: runtime.load(artifacts / name, threads=1).step_bytes(BATCH) for name in ("full", "zo", "side")}
+    measured = {name: edge_lbp.load(artifacts / name, threads=1).step_bytes(BATCH) for name in ("full", "zo", "side")}
     assert by["full"].step == measured["full"]
     assert by["inference"].step < by["zo-hybrid:1"].step < by["full"].step
     # Estimates from the full artifact's step against the steps of the exported methods themselves.
     assert by["zo-hybrid:1"].step == pytest.approx(measured["zo"], rel=0.3)
     assert by["side"].step == pytest.approx(measured["side"], rel=0.25)
-    assert by["full"].state == 3 * sum(a.nbytes for a in runtime.load(artifacts / "full").params.values())
+    assert by["full"].state == 3 * sum(a.nbytes for a in edge_lbp.load(artifacts / "full").params.values())
 
 
 def test_cli_says_which_methods_fit(artifacts, capsys):

@@ -5,11 +5,10 @@ import time
 
 import numpy as np
 import pytest
-
-import edge_lbp.runtime as runtime
+import edge_lbp
 from edge_lbp import cli
 from edge_lbp.devices import EstimateReader, ExternalMeter, PowerSampler
-from edge_lbp.export.exporter import export_model
+from edge_lbp.methods import export_model
 from edge_lbp.memory import PeakMemory
 from edge_lbp.data import random_batches
 from edge_lbp.profiler import Profiler, profile
@@ -42,7 +41,7 @@ def meter_sampler(root, watts=WATTS):
 
 @pytest.fixture(scope="module")
 def profiled(artifact, sensors_root, tmp_path_factory):
-    session = runtime.load(artifact, "numba")
+    session = edge_lbp.load(artifact, "numba")
     batches = random_batches(session.artifact.manifest, BATCH)
     prof = profile(session, batches, steps=STEPS, warmup=1, sampler=meter_sampler(sensors_root))
     paths = prof.write(tmp_path_factory.mktemp("profile"))
@@ -141,7 +140,7 @@ def test_energy_from_a_constant_meter(profiled):
 
 
 def test_energy_without_power_data_is_unknown(artifact, tmp_path):
-    session = runtime.load(artifact, "numba")
+    session = edge_lbp.load(artifact, "numba")
     sampler = PowerSampler(EstimateReader(None, cpu_percent=lambda: 50.0), board=board("generic"), root=tmp_path)
     prof = profile(session, random_batches(session.artifact.manifest, 2), steps=1, warmup=0, sampler=sampler)
     energy = prof.report()["energy"]
@@ -184,7 +183,7 @@ def test_figure_is_self_contained(profiled):
 
 def test_ort_engine_has_coarse_phases(artifact, sensors_root):
     pytest.importorskip("onnxruntime.training")
-    session = runtime.load(artifact, "ort")
+    session = edge_lbp.load(artifact, "ort")
     prof = profile(session, random_batches(session.artifact.manifest, 4), steps=2, warmup=1,
                    sampler=meter_sampler(sensors_root))
     report = prof.report()
@@ -193,7 +192,7 @@ def test_ort_engine_has_coarse_phases(artifact, sensors_root):
 
 
 def test_session_is_left_as_it_was_and_misuse_is_refused(artifact, sensors_root):
-    session = runtime.load(artifact, "numba")
+    session = edge_lbp.load(artifact, "numba")
     steps = list(session.training.steps)
     x, y = next(random_batches(session.artifact.manifest, 2))
     with Profiler(session, sampler=meter_sampler(sensors_root)) as prof:

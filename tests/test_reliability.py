@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import edge_lbp.runtime as runtime
+import edge_lbp
 from edge_lbp.checkpoint import CheckpointError, load_checkpoint, locked, save_checkpoint
 from edge_lbp.core.artifact import ArtifactError
 from edge_lbp.runtime.session import NonFiniteStep
@@ -21,7 +22,7 @@ pytest.importorskip("torch", reason="the export extra is not installed (tiny art
 
 from edge_lbp.cli import main  # noqa: E402
 from edge_lbp.data import open_dataset  # noqa: E402
-from edge_lbp.export.exporter import export_model  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 from edge_lbp.trainer import DivergenceError, DivergenceWarning, Trainer  # noqa: E402
 from test_data import write_folder  # noqa: E402
 
@@ -57,7 +58,7 @@ def _one_error_line(capsys):
 
 # -- 1. divergence -------------------------------------------------------------------------------------------------
 def test_a_non_finite_step_leaves_parameters_and_moments_bit_identical(artifact):
-    session = runtime.load(artifact, threads=THREADS)
+    session = edge_lbp.load(artifact, threads=THREADS)
     x, y = _batch()
     session.train_step(x, y)
     params, state = session.parameters(), session.optimizer_state()
@@ -144,7 +145,7 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(artifact, tmp_pa
 # -- 2. resuming with another artifact -----------------------------------------------------------------------------
 def test_resume_with_another_artifact_is_refused_and_the_checkpoint_untouched(artifact, tmp_path, capsys):
     head_only = tmp_path / "head"
-    export_model("vit-tiny", head_only, train="head", lr=1e-3)
+    export_model("vit-tiny", head_only, method="head", lr=1e-3)
     trainer = Trainer(artifact, threads=THREADS)
     trainer.step(*_batch())
     trainer.save(tmp_path / "ckpt")
@@ -248,7 +249,7 @@ def test_profile_output_is_checked_before_profiling(artifact, tmp_path, capsys):
     (np.array([0, 1, 2]), "labels of shape \\(3,\\) for a batch of 4"),
 ])
 def test_bad_labels_are_refused_on_the_api(artifact, labels, message):
-    session = runtime.load(artifact, threads=THREADS)
+    session = edge_lbp.load(artifact, threads=THREADS)
     params = session.parameters()
     with pytest.raises(ValueError, match=message):
         session.train_step(_batch()[0], labels)
@@ -300,7 +301,7 @@ def test_parameter_shapes_are_checked_when_loading(artifact, tmp_path):
     manifest["checksums"]["params.safetensors"] = hashlib.sha256((copy / "params.safetensors").read_bytes()).hexdigest()
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=f"params.safetensors: parameter {name} has shape"):
-        runtime.load(copy)
+        edge_lbp.load(copy)
 
 
 def test_a_batch_too_large_for_memory_is_refused_with_the_largest_that_fits(artifact, images, monkeypatch):
@@ -382,7 +383,7 @@ def test_resuming_a_finished_run_says_so(artifact, images, tmp_path, capsys):
 def test_artifacts_and_checkpoints_are_readable_by_others(artifact, tmp_path):
     old = os.umask(0o022)
     try:
-        export_model("vit-tiny", tmp_path / "art", train="head")
+        export_model("vit-tiny", tmp_path / "art", method="head")
         save_checkpoint(tmp_path / "c", {"w": np.ones(2, np.float32)}, {})
     finally:
         os.umask(old)

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime.training", reason="the export extra is not installed")
-
-import edge_lbp.runtime as runtime  # noqa: E402
-from edge_lbp.export.exporter import export_model  # noqa: E402
+import edge_lbp  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 from edge_lbp.runtime.graph import Graph  # noqa: E402
 from subprocess_guard import BLOCK_WORKSTATION  # noqa: E402
 
@@ -27,7 +26,7 @@ def artifacts(tmp_path_factory):
         key = (family, lbp, optimizer, train)
         if key not in made:
             folder = tmp_path_factory.mktemp("artifact") / "-".join(key).replace(":", "")
-            export_model(family, folder, lbp=lbp, optimizer=optimizer, train=train, lr=0.01)
+            export_model(family, folder, lbp=lbp, optimizer=optimizer, method=train, lr=0.01)
             made[key] = folder
         return made[key]
 
@@ -42,7 +41,7 @@ def _rel(a, b):
                          list(itertools.product(FAMILIES, ["none", "lp-tri:4"], ["adamw", "sgd"])))
 def test_numba_engine_matches_ort(artifacts, family, lbp, optimizer):
     folder = artifacts(family, lbp, optimizer)
-    numba, ort = runtime.load(folder, "numba"), runtime.load(folder, "ort")
+    numba, ort = edge_lbp.load(folder, "numba"), edge_lbp.load(folder, "ort")
     rng = np.random.default_rng(0)
     shape = tuple(numba.artifact.manifest["inputs"][0]["shape"][1:])
     probe = rng.standard_normal((2, *shape)).astype(np.float32)
@@ -62,7 +61,7 @@ def test_numba_engine_matches_ort(artifacts, family, lbp, optimizer):
 def test_weight_gradients_go_straight_into_their_buffers(artifacts, lbp):
     """Every weight matrix's gradient is written by the op that computes it (the load-time fusion), and the
     fused ops still accumulate: two micro-batches add up to the sum of their gradients taken one at a time."""
-    session = runtime.load(artifacts("vit-tiny", lbp, "sgd"), "numba")
+    session = edge_lbp.load(artifacts("vit-tiny", lbp, "sgd"), "numba")
     fused = [s for s in session.training.steps if s.op_type in ("GemmAccumulate", "WHTMatMulGradAccumulate")]
     matrices = [n for n in session.trainable if session.params[n].ndim == 2]
     assert len(fused) == len(matrices) > 0
@@ -86,7 +85,7 @@ def test_weight_gradients_go_straight_into_their_buffers(artifacts, lbp):
 def test_every_op_of_every_artifact_has_a_kernel(artifacts, family):
     """Loading builds every kernel, so a graph with an op the engine lacks fails here, naming it."""
     for train, optimizer in itertools.product(TRAINABLE_SETS, ["adamw", "sgd"]):
-        session = runtime.load(artifacts(family, "lp-tri:4", optimizer, train), "numba")
+        session = edge_lbp.load(artifacts(family, "lp-tri:4", optimizer, train), "numba")
         assert isinstance(session.training, Graph) and session.training.steps
 
 
@@ -99,7 +98,7 @@ def test_training_step_on_the_device_path_alone(artifacts, tmp_path):
         import sys
         import numpy as np
         import edge_lbp.runtime as runtime
-        session = runtime.load({str(folder)!r}, "numba")
+        session = edge_lbp.load({str(folder)!r}, "numba")
         rng = np.random.default_rng(0)
         x, y = rng.standard_normal((2, 3, 32, 32)).astype(np.float32), np.array([1, 2])
         losses = [session.train_step(x, y) for _ in range(3)]
@@ -115,7 +114,7 @@ def test_training_step_on_the_device_path_alone(artifacts, tmp_path):
 def test_gradient_accumulation_matches_ort(artifacts):
     """Two half batches accumulated into the gradient buffers, then one update: the same as ORT doing it."""
     folder = artifacts("vit-tiny", "lp-tri:4", "sgd")
-    numba, ort = runtime.load(folder, "numba"), runtime.load(folder, "ort")
+    numba, ort = edge_lbp.load(folder, "numba"), edge_lbp.load(folder, "ort")
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((4, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 4)
     for session in (numba, ort):
@@ -127,7 +126,7 @@ def test_gradient_accumulation_matches_ort(artifacts):
 
 
 def test_numba_trace_splits_the_step_into_phases(artifacts):
-    session = runtime.load(artifacts("vit-tiny"), "numba")
+    session = edge_lbp.load(artifacts("vit-tiny"), "numba")
     trace = []
     session.train_step(np.zeros((2, 3, 32, 32), np.float32), np.array([0, 1]), trace=trace)
     phases = [t[0] for t in trace]

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-import edge_lbp.runtime as runtime
+import edge_lbp
 from edge_lbp.core.artifact import Artifact, ArtifactError
 from edge_lbp.runtime.graph import Graph, UnsupportedGraph
 from edge_lbp.core.graphs import prune_to_outputs
@@ -111,7 +111,7 @@ def _fake_artifact(folder):
 
 def test_artifact_reader_checks_manifest_and_checksums(tmp_path):
     with pytest.raises(ArtifactError, match="no manifest"):
-        runtime.load(tmp_path)
+        edge_lbp.load(tmp_path)
     manifest = _fake_artifact(tmp_path / "a")
     assert Artifact.open(tmp_path / "a").manifest == manifest
     (tmp_path / "a" / "params.safetensors").write_bytes(b"tampered")
@@ -156,7 +156,7 @@ def test_artifact_paths_cannot_leave_the_folder(tmp_path):
 
 def test_unknown_engine_is_refused_before_reading_anything(tmp_path):
     with pytest.raises(ValueError, match="unknown engine 'tpu'; choose one of numba, ort"):
-        runtime.load(tmp_path / "does-not-exist", "tpu")
+        edge_lbp.load(tmp_path / "does-not-exist", "tpu")
 
 
 def test_one_thread_setting_for_numba_and_blas():
@@ -303,6 +303,6 @@ def test_the_numba_engine_keeps_freed_memory_for_the_next_step(tmp_path):
 
     folder = packaged.assemble(tmp_path / "demo")
     assert _kept_after_free("") < 8
-    load = f"import edge_lbp.runtime as runtime; runtime.load({str(folder)!r}, 'numba')"
+    load = f"import edge_lbp; edge_lbp.load({str(folder)!r}, 'numba')"
     assert _kept_after_free(load) >= 32  # (part of it may have come from heap memory already resident)
     assert _kept_after_free(load, env={"MALLOC_MMAP_MAX_": "65536"}) < 8  # the user's own setting wins

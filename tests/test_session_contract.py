@@ -8,7 +8,8 @@ import pytest
 pytest.importorskip("torch", reason="the fixture exports an artifact (export extra)")
 
 import edge_lbp.runtime as runtime  # noqa: E402
-from edge_lbp.export.exporter import export_model  # noqa: E402
+import edge_lbp  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 from edge_lbp.devices import ExternalMeter, PowerSampler  # noqa: E402
 from edge_lbp.profiler import Profiler  # noqa: E402
 from edge_lbp.runtime.session import Capabilities, Session, Unsupported  # noqa: E402
@@ -22,7 +23,7 @@ ENGINES = [pytest.param(e, marks=pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     folder = tmp_path_factory.mktemp("contract") / "vit-tiny"
-    export_model("vit-tiny", folder, lbp="lp-tri:4", train="all", lr=0.01)
+    export_model("vit-tiny", folder, lbp="lp-tri:4", method="all", lr=0.01)
     return folder
 
 
@@ -44,7 +45,7 @@ def test_every_engine_declares_its_capabilities():
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_common_calls(artifact, engine, batch):
-    session = runtime.load(artifact, engine, threads=1)
+    session = edge_lbp.load(artifact, engine, threads=1)
     x, y = batch
     before = session.parameters()
     assert set(before) == set(session.artifact.manifest["trainable"] + session.artifact.manifest["frozen"])
@@ -66,7 +67,7 @@ def test_common_calls(artifact, engine, batch):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_declared_capabilities_work_and_the_others_refuse(artifact, engine, batch):
-    session = runtime.load(artifact, engine, threads=1)
+    session = edge_lbp.load(artifact, engine, threads=1)
     caps = session.capabilities
     x, y = batch
     calls, trace = [], []
@@ -85,7 +86,7 @@ def test_declared_capabilities_work_and_the_others_refuse(artifact, engine, batc
         grads = session.gradients()
         assert set(grads) == set(session.artifact.trainable)
         name = session.artifact.trainable[0]
-        stepped = runtime.load(artifact, engine, threads=1)  # the same step with the gradients halved in place
+        stepped = edge_lbp.load(artifact, engine, threads=1)  # the same step with the gradients halved in place
         stepped.forward_backward(x, y)
         for g in stepped.gradients().values():
             g *= np.float32(0.5)
@@ -108,7 +109,7 @@ def test_declared_capabilities_work_and_the_others_refuse(artifact, engine, batc
     if caps.optimizer_state:
         state = session.optimizer_state()
         assert state["step"] >= 1 and len(state) > 1
-        fresh = runtime.load(artifact, engine, threads=1)
+        fresh = edge_lbp.load(artifact, engine, threads=1)
         fresh.set_parameters(session.parameters())
         fresh.set_optimizer_state(state)
         assert session.train_step(x, y) == fresh.train_step(x, y)
@@ -123,7 +124,7 @@ def test_declared_capabilities_work_and_the_others_refuse(artifact, engine, batc
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_profiler_marks_phases_through_the_declared_hook(artifact, engine, batch, tmp_path):
-    session = runtime.load(artifact, engine, threads=1)
+    session = edge_lbp.load(artifact, engine, threads=1)
     sampler = PowerSampler(ExternalMeter(5.0), board=board("generic"), root=tmp_path, rate_hz=50)
     with Profiler(session, sampler=sampler) as prof:
         prof.step(*batch)

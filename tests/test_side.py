@@ -7,13 +7,13 @@ import onnx
 import pytest
 
 pytest.importorskip("onnxruntime.training", reason="the export extra is not installed")
-
-import edge_lbp.runtime as runtime  # noqa: E402
+import edge_lbp  # noqa: E402
 from edge_lbp.export import onnx_export, training  # noqa: E402
-from edge_lbp.export.exporter import export_model  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 from edge_lbp.export.models import build_model  # noqa: E402
-from edge_lbp.export.side import SideTuned, backbone_reads  # noqa: E402
-from edge_lbp.runtime.inference import export_inference  # noqa: E402
+from edge_lbp.methods.side.network import SideTuned, backbone_reads  # noqa: E402
+from method_split import split  # noqa: E402
+from edge_lbp.methods import export_inference  # noqa: E402
 from engine_check import assert_side_gradients_match  # noqa: E402
 
 THREADS = 1
@@ -52,7 +52,7 @@ def test_no_backbone_activation_is_read_by_the_backward():
     graphs = {}
     for trainable in ("side", "all"):
         with tempfile.TemporaryDirectory() as tmp:
-            out = training.generate_training_artifacts(forward, tmp, trainable=trainable)
+            out = training.generate_training_artifacts(forward, tmp, *split(forward, trainable))
             graphs[trainable] = onnx.load(out["training_model.onnx"])
     assert backbone_reads(forward, graphs["side"]) == ([], [])
     read, differentiated = backbone_reads(forward, graphs["all"])
@@ -65,16 +65,16 @@ def test_a_step_holds_no_more_than_an_inference_forward(side, tmp_path):
     forward's (the backbone's activations are released as it goes), a full-backprop step's do not."""
     full = tmp_path / "full"
     export_model("vit-tiny", full, lbp="none")
-    session = runtime.load(side, threads=THREADS)
+    session = edge_lbp.load(side, threads=THREADS)
     side_bytes, forward = session.step_bytes(32), session.eval_bytes(32)
-    full_bytes = runtime.load(full, threads=THREADS).step_bytes(32)
+    full_bytes = edge_lbp.load(full, threads=THREADS).step_bytes(32)
     assert side_bytes <= 1.5 * forward and side_bytes <= 0.5 * full_bytes, (side_bytes, forward, full_bytes)
 
 
 def test_the_adapted_side_model_exports_for_inference(side, tmp_path):
     import onnxruntime as ort
 
-    session = runtime.load(side, threads=THREADS)
+    session = edge_lbp.load(side, threads=THREADS)
     for seed in range(3):
         session.train_step(*_batch(seed=seed))
     path = export_inference(session, tmp_path / "adapted.onnx")

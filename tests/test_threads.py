@@ -4,8 +4,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
-
-import edge_lbp.runtime as runtime
+import edge_lbp
 from edge_lbp.runtime import threads as threads_mod
 from edge_lbp.runtime.kernels import norm
 from edge_lbp.runtime.threads import REPROBE, ThreadTuner
@@ -80,7 +79,7 @@ def test_tuned_training_gives_the_numbers_of_a_fixed_thread_count(monkeypatch):
     monkeypatch.setattr(threads_mod, "REPROBE", 1)
     runs = []
     for threads in (1, None):
-        session = runtime.load(TINY, "numba", threads=threads)
+        session = edge_lbp.load(TINY, "numba", threads=threads)
         rng = np.random.default_rng(0)
         shape = session.artifact.manifest["inputs"][0]["shape"][1:]
         losses = [session.train_step(rng.standard_normal((4, *shape)).astype(np.float32), rng.integers(0, 4, 4))

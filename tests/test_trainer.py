@@ -7,13 +7,12 @@ import pytest
 
 # edge_lbp before torch: edge_lbp makes OpenMP threads wait passively, which must precede torch's OpenMP start.
 import edge_lbp
-import edge_lbp.runtime as runtime
 
 pytest.importorskip("torch", reason="the export extra is not installed (tiny artifacts are exported here)")
 
 from edge_lbp.cli import main  # noqa: E402
 from edge_lbp.data import batches, open_dataset  # noqa: E402
-from edge_lbp.export.exporter import export_model  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 from edge_lbp.schedule import schedule_lr  # noqa: E402
 from edge_lbp.trainer import Trainer  # noqa: E402
 from test_data import write_folder  # noqa: E402
@@ -71,7 +70,7 @@ def test_lr_follows_the_schedule_per_update(artifact):
 
 def test_accumulation_is_the_mean_of_micro_batch_gradients(artifact):
     trainer = Trainer(artifact, threads=THREADS, accumulate=2)
-    session = runtime.load(artifact, "numba", threads=THREADS)
+    session = edge_lbp.load(artifact, "numba", threads=THREADS)
     (x1, y1), (x2, y2) = _batch(1), _batch(2)
     losses = [trainer.step(x1, y1), trainer.step(x2, y2)]
     assert trainer.updates == 1
@@ -83,14 +82,14 @@ def test_accumulation_is_the_mean_of_micro_batch_gradients(artifact):
     mine, theirs = trainer.session.parameters(), session.parameters()
     assert all(np.array_equal(mine[n], theirs[n]) for n in theirs)
     # The first micro-batch alone gives a different update: the second one counted.
-    single = runtime.load(artifact, "numba", threads=THREADS)
+    single = edge_lbp.load(artifact, "numba", threads=THREADS)
     single.train_step(x1, y1)
     assert not np.array_equal(single.parameters()["head.weight"], mine["head.weight"])
 
 
 def test_clipping_scales_the_gradient_to_the_norm(artifact):
     x, y = _batch(3)
-    reference = runtime.load(artifact, "numba", threads=THREADS)
+    reference = edge_lbp.load(artifact, "numba", threads=THREADS)
     reference.forward_backward(x, y)
     raw = _grad_norm(reference.grads)
     clipped = Trainer(artifact, threads=THREADS, clip_norm=raw / 10)
@@ -194,7 +193,7 @@ def test_cli_errors_are_one_line(artifact, tmp_path, capsys):
 
 
 def test_step_times_are_recorded_per_call(tmp_path_factory):
-    from edge_lbp.export.exporter import export_model
+    from edge_lbp.methods import export_model
     from edge_lbp.trainer import Trainer
 
     folder = tmp_path_factory.mktemp("steptimes") / "artifact"

@@ -1,8 +1,7 @@
 """zo-hybrid:K (ElasticZO): the SPSA estimate, its regenerated perturbations, the device session, resume."""
 import numpy as np
 import pytest
-
-import edge_lbp.runtime as runtime
+import edge_lbp
 from edge_lbp.cli import main
 from edge_lbp.trainer import Trainer
 from edge_lbp.core.zo import ZOConfig, add_perturbation, perturbations, probe_key, spsa_probe
@@ -74,7 +73,7 @@ def test_zo_config_defaults_and_bad_values():
 
 
 pytest.importorskip("torch", reason="the export extra is not installed (tiny artifacts are exported here)")
-from edge_lbp.export.exporter import export_model  # noqa: E402
+from edge_lbp.methods import export_model  # noqa: E402
 from test_data import write_folder  # noqa: E402
 
 
@@ -95,8 +94,8 @@ def _batch(n=4, seed=0):
 def test_the_device_estimate_is_the_directional_derivative_of_exact_backprop(artifacts):
     """The session's g for a probe equals zᵀ∇L with ∇L from exact backprop of the same model (the numba engine's
     gradients, which the engine tests hold to ONNX Runtime's) up to O(ε²) and float32 rounding of the losses."""
-    zo = runtime.load(artifacts / "zo-exact", threads=THREADS, zo={"probes": 3, "eps": 1e-3})
-    exact = runtime.load(artifacts / "exact", threads=THREADS)
+    zo = edge_lbp.load(artifacts / "zo-exact", threads=THREADS, zo={"probes": 3, "eps": 1e-3})
+    exact = edge_lbp.load(artifacts / "exact", threads=THREADS)
     x, y = _batch()
     exact.forward_backward(x, y)
     grads = exact.gradients()
@@ -111,13 +110,13 @@ def test_the_device_estimate_is_the_directional_derivative_of_exact_backprop(art
 
 
 def test_an_update_moves_the_zo_part_along_its_probes_and_only_what_the_method_trains(artifacts):
-    session = runtime.load(artifacts / "zo", threads=THREADS, zo={"lr": 1e-2})
+    session = edge_lbp.load(artifacts / "zo", threads=THREADS, zo={"lr": 1e-2})
     before = session.parameters()
     session.train_step(*_batch())
     after = session.parameters()
     assert set(session.trained) == set(before) and set(session.zo_names).isdisjoint(session.trainable)
     assert all(not np.array_equal(after[n], before[n]) for n in session.trained if n.endswith("weight"))
-    frozen_lr = runtime.load(artifacts / "zo", threads=THREADS, zo={"lr": 0.0})
+    frozen_lr = edge_lbp.load(artifacts / "zo", threads=THREADS, zo={"lr": 0.0})
     frozen_lr.train_step(*_batch())
     # lr 0: the ZO part ends where the probes' restores left it (the last bit at most), the backprop part moves.
     moved = frozen_lr.parameters()
@@ -146,7 +145,7 @@ def test_a_resumed_zo_run_continues_bit_for_bit(artifacts, tmp_path):
 
 def test_zo_needs_the_numba_engine_and_a_zo_artifact(artifacts):
     with pytest.raises(ValueError, match="numba engine only"):
-        runtime.load(artifacts / "zo", "ort")
+        edge_lbp.load(artifacts / "zo", "ort")
     with pytest.raises(ValueError, match="ZO options apply to zo-hybrid artifacts"):
         Trainer(artifacts / "exact", zo={"lr": 1e-4})
     with pytest.raises(ValueError, match="chooses the trainable set itself"):

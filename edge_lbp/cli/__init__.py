@@ -191,10 +191,10 @@ def _add_export(commands) -> None:
                           "hf:PATH (a Hugging Face checkpoint folder)")
     cmd.add_argument("-o", "--out", required=True, metavar="DIR", help="artifact folder to write")
     cmd.add_argument("--lbp", default=defaults.SELECTION, metavar="SPEC",
-                     help="none | full | lp-tri:<o>, then optional ',<weight pattern>=<spec>' overrides "
+                     help="the backward of what backprops: none | full | lp-tri:<o> | energy:<r>, then optional "
+                          "',<weight pattern>=<spec>' overrides "
                           "(default: %(default)s)")
-    cmd.add_argument("--train", default="all", metavar="SPEC",
-                     help="trainable set: all | last:K | bias | head | lora:R (default: %(default)s)")
+    cmd.add_argument("--train", metavar="SPEC", help="deprecated: use --method (all | last:K | bias | head | lora:R)")
     cmd.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     cmd.add_argument("--lr", type=_positive, default=1e-3, metavar="X", help="learning rate (default: %(default)s)")
     cmd.add_argument("--input-shape", metavar="C,H,W", help="input image shape (default: the model's own)")
@@ -204,9 +204,11 @@ def _add_export(commands) -> None:
     cmd.add_argument("--block", type=_block, default=defaults.EXPORT_BLOCK, metavar="K",
                      help=f"WHT block side, or auto: per layer the largest block up to {defaults.BLOCK} that leaves "
                           f"{defaults.MIN_BLOCKS} blocks per image (default: %(default)s)")
-    cmd.add_argument("--method", default="backprop", metavar="M",
-                     help="backprop | zo-hybrid:K (SPSA for all but the last K blocks + head, which backprop) | "
-                          "side (a query network + head beside the frozen backbone) (default: %(default)s)")
+    cmd.add_argument("--method", default="all", metavar="M",
+                     help="what trains: all | last:K (the last K blocks, final norm, head) | bias | head | lora:R "
+                          "(rank-R adapters + head) | zo-hybrid:K (SPSA for all but the last K blocks, which "
+                          "backprop) | side (a query network + head beside the frozen backbone) "
+                          "(default: %(default)s)")
     cmd.add_argument("--taps", metavar="I,J,...", help="--method side: the blocks it reads (default: all)")
     cmd.set_defaults(run=_lazy("export"))
 

@@ -82,7 +82,7 @@ def _parameter_count(artifact: Path) -> int:
 
 def _export_backbone(out_dir: Path, classes: int, lbp: str, block: int) -> Path:
     try:
-        from edge_lbp.export.exporter import export_model
+        from edge_lbp.methods import export_model
         from edge_lbp.export.models import load_pretrained
     except ImportError as err:
         raise ValueError(f"the packaged {BACKBONE} artifact was exported for {packaged.describe()}; "

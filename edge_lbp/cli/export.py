@@ -10,7 +10,8 @@ def run(args) -> int:
     if missing:
         raise ValueError(f"export needs {' and '.join(missing)}: install the workstation extra "
                          "(pip install 'edge-lbp[export]')")
-    from edge_lbp.export.exporter import export_model, parse_shape
+    from edge_lbp.export.exporter import parse_shape
+    from edge_lbp.methods import export_model
 
     # Progress lines only on a terminal: when stderr is captured, an error must be its only line.
     progress = say if sys.stderr.isatty() else None

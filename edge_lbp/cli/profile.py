@@ -2,8 +2,7 @@
 the Chrome trace and the figure."""
 import sys
 import warnings
-
-import edge_lbp.runtime as runtime
+import edge_lbp
 from edge_lbp.data import endless_batches, random_batches
 from edge_lbp.core.files import check_writable
 from edge_lbp.profile_report import summary
@@ -12,7 +11,7 @@ from edge_lbp.profiler import profile
 
 def run(args) -> int:
     check_writable(args.out, folder=True)  # before the steps, not after them
-    session = runtime.load(args.artifact, args.engine, threads=args.threads)
+    session = edge_lbp.load(args.artifact, args.engine, threads=args.threads)
     manifest = session.artifact.manifest
     batches = (endless_batches(args.data, manifest, args.batch_size) if args.data
                else random_batches(manifest, args.batch_size))

@@ -5,7 +5,7 @@ import sys
 from edge_lbp.checkpoint import has_checkpoint, locked
 from edge_lbp.data import open_dataset
 from edge_lbp.core.files import check_writable
-from edge_lbp.runtime.inference import export_inference
+from edge_lbp.methods import export_inference
 from edge_lbp.trainer import Trainer
 
 

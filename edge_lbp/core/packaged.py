@@ -1,7 +1,7 @@
 """The demo's training artifact, shipped inside the package so that ``edge-lbp demo`` runs on a board without torch
 or ONNX Runtime (device side: numpy and safetensors only).
 
-It is the bundled ``vit-c10`` backbone exported with the demo's settings below (``python -m edge_lbp.export.bundle``
+It is the bundled ``vit-c10`` backbone exported with the demo's settings below (``python -m edge_lbp.bundle``
 writes it, a test re-exports it and compares). Its parameters differ from the backbone's only in the new 8-class
 head, so the package does not carry a second 4.8 MB copy of the weights: ``assets/vit_c10_demo/`` holds the
 artifact without ``params.safetensors``, ``assets/vit_c10_demo_head.safetensors`` the head, and :func:`assemble`
@@ -24,7 +24,7 @@ HEAD_FILE = "vit_c10_demo_head.safetensors"  # the parameters that are not the b
 HEAD_PREFIX = "head."
 # The export settings of the packaged artifact: the demo's task (8 generated classes) and the exporter's defaults.
 CLASSES = 8
-SETTINGS = {"lbp": defaults.SELECTION, "block": defaults.EXPORT_BLOCK, "train": "all", "optimizer": "adamw", "lr": 1e-3}
+SETTINGS = {"lbp": defaults.SELECTION, "block": defaults.EXPORT_BLOCK, "method": "all", "optimizer": "adamw", "lr": 1e-3}
 
 
 def assets() -> Path:

@@ -7,18 +7,16 @@ directional derivative ``zᵀ∇L``, and ``g z`` is an unbiased estimate of ``�
 so the only extra memory is one tensor-sized draw. The restore ``θ + εz - 2εz + εz`` rounds differently from
 ``θ`` in the last bit; it is deterministic, so a run and its resume from a checkpoint stay bit-identical.
 
-numpy only: the device side (``edge_lbp.runtime.zo_session``) and the tests use it.
+numpy only: the device side (``edge_lbp.runtime.zo_session``, for ``edge_lbp.methods.zo_hybrid``) and the tests use it.
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-METHOD = re.compile(r"zo-hybrid:([1-9]\d*)")
 _KEY = 0x5A0  # separates ZO draws from every other stream derived from the same seed
 
 
@@ -52,16 +50,6 @@ class ZOConfig:
 
     def record(self) -> dict:
         return asdict(self)
-
-
-def parse_method(text: str):
-    """``"backprop"`` -> None, ``"zo-hybrid:K"`` -> K, ``"side"`` -> "side"; a one-line ValueError otherwise."""
-    if text in ("backprop", "side"):
-        return None if text == "backprop" else "side"
-    match = METHOD.fullmatch(text)
-    if not match:
-        raise ValueError(f"unknown method {text!r}; choose backprop, zo-hybrid:K (K >= 1 blocks by backprop) or side")
-    return int(match.group(1))
 
 
 def probe_key(seed: int, step: int, micro: int, probe: int) -> tuple:

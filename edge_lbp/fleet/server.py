@@ -94,7 +94,7 @@ def main(grid: Grid, context: Context) -> None:
 def save_round(trainer, folder: Path) -> Path:
     """The global model of a round: ``model.onnx`` first, then the checkpoint, whose ``checkpoint.json`` is the
     commit point (a crash in between leaves no ``checkpoint.json``: the round folder does not count)."""
-    from edge_lbp.runtime.inference import export_inference
+    from edge_lbp.methods import export_inference
 
     folder.mkdir(parents=True, exist_ok=True)
     export_inference(trainer.session, folder / "model.onnx")

@@ -46,7 +46,7 @@ WARMUP_STEPS = 20
 TIMING_ROUNDS, TIMING_STEPS = 5, 4
 
 
-# --- methods: a part's name (before the first ':') -> its settings: what to export (lbp, train, block) and how to
+# --- methods: a part's name (before the first ':') -> its settings: what to export (lbp, method, block) and how to
 # train (a TRAINERS name). A new method is a PARTS entry, plus a TRAINERS entry if it trains otherwise. -----------
 
 def _lbp(arg, block):
@@ -55,20 +55,20 @@ def _lbp(arg, block):
     return {"lbp": arg or defaults.SELECTION, "block": block}
 
 
-def _trainable(spec):
-    return lambda arg, block: {"train": spec if arg is None else f"{spec}:{arg}"}
+def _method(spec):
+    return lambda arg, block: {"method": spec if arg is None else f"{spec}:{arg}"}
 
 
 PARTS = {
     "full": lambda arg, block: {},
     "lbp": _lbp,
-    "last": _trainable("last"),
-    "bias": _trainable("bias"),
-    "lora": _trainable("lora"),
-    "zo-hybrid": lambda arg, block: {"method": f"zo-hybrid:{arg}"},
-    "side": lambda arg, block: {"method": "side"},
+    "last": _method("last"),
+    "bias": _method("bias"),
+    "lora": _method("lora"),
+    "zo-hybrid": _method("zo-hybrid"),
+    "side": _method("side"),
 }
-BASE = {"lbp": "none", "train": "all", "block": None, "trainer": "fit", "method": "backprop"}
+BASE = {"lbp": "none", "block": None, "trainer": "fit", "method": "all"}
 
 
 def fit(trainer, train, val, args):
@@ -102,14 +102,14 @@ def parse_method(method, block):
 
 def export(method, settings, folder, classes, lr):
     from edge_lbp.core import defaults
-    from edge_lbp.export.exporter import export_model
+    from edge_lbp.methods import export_model
     from edge_lbp.export.models import load_pretrained
 
     block = settings["block"] if settings["block"] is not None else defaults.EXPORT_BLOCK
     report = export_model(load_pretrained(BACKBONE, num_classes=classes), folder, lbp=settings["lbp"],
-                          train=settings["train"], optimizer="adamw", lr=lr, block=block, method=settings["method"])
+                          optimizer="adamw", lr=lr, block=block, method=settings["method"])
     chosen = sorted({r["block"] for r in report.layers if r["status"] == "rewritten"})
-    sys.stderr.write(f"exported {method}: train {settings['train']}, lbp {settings['lbp']}"
+    sys.stderr.write(f"exported {method}: method {settings['method']}, lbp {settings['lbp']}"
                      + (f", block {block} -> k{'/'.join(map(str, chosen))}" if chosen else "") + "\n")
     return report.manifest
 
@@ -121,12 +121,13 @@ def step_macs(manifest):
     trainable set needs (everything after the first trainable parameter), the weight gradients (LBP: its rows);
     zo-hybrid adds its 2 · probes forward passes. Side-tuning counts the backbone's forward only (its query
     network's products are about 1 % of that)."""
-    from edge_lbp.export.lora import rank_of
     from edge_lbp.export.models import build_model
+    from edge_lbp.methods import of_manifest
+    from edge_lbp.methods.lora import Lora
 
     cfg = build_model(BACKBONE).config
     tokens, patches = (cfg.img_size // cfg.patch_size) ** 2 + 1, (cfg.img_size // cfg.patch_size) ** 2
-    dim, hidden, lora = cfg.dim, cfg.dim * cfg.mlp_ratio, rank_of(manifest["trainable_set"]) or 0
+    dim, hidden, lora = cfg.dim, cfg.dim * cfg.mlp_ratio, method.rank if isinstance(method := of_manifest(manifest), Lora) else 0
     trainable = set(manifest["trainable"])
     rows = {r["layer"]: r["rows"] for r in manifest["lbp"]["layers"] if r["status"] == "rewritten"}
     # Forward order: (parameter prefix, (Ci, Co) of a linear layer or None, token count); "attn" = the products.
@@ -190,10 +191,9 @@ def time_steps(args):
     ``TIMING_STEPS`` steps each in turn, so that a machine's load changes hit every method alike; prints the
     median step time of each, in order, as one JSON list."""
     import numpy as np
+    import edge_lbp
 
-    import edge_lbp.runtime as runtime
-
-    sessions = [runtime.load(folder, "numba", threads=args.threads) for folder in args.time]
+    sessions = [edge_lbp.load(folder, "numba", threads=args.threads) for folder in args.time]
     shape = sessions[0].artifact.manifest["inputs"][0]["shape"][1:]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, *shape)).astype(np.float32)

@@ -67,11 +67,11 @@ def worker(folder, engine, args):
         return torch_worker(args)
     if engine == "executorch":
         return executorch_worker(folder, args)
-    import edge_lbp.runtime as runtime
+    import edge_lbp
 
     start = time.perf_counter()
     threads = None if engine == "numba" else args.threads or os.cpu_count()
-    session = runtime.load(folder, "numba" if engine == "numba-fixed" else engine, threads=threads)
+    session = edge_lbp.load(folder, "numba" if engine == "numba-fixed" else engine, threads=threads)
     load_s = time.perf_counter() - start
     x, y = _inputs(session.artifact.manifest["inputs"][0]["shape"][1:], args.batch)
     after_load = psutil.Process().memory_info().rss
@@ -159,9 +159,9 @@ def startup_worker(folder):
     """P6: load ``folder`` with the numba engine and run one training step; prints the wall-clock time it ended."""
     import numpy as np
 
-    import edge_lbp.runtime as runtime
+    import edge_lbp
 
-    session = runtime.load(folder, "numba")
+    session = edge_lbp.load(folder, "numba")
     shape = session.artifact.manifest["inputs"][0]["shape"][1:]
     session.train_step(np.zeros((2, *shape), np.float32), np.zeros(2, np.int64))
     print(json.dumps(dict(done=time.time())))
@@ -188,7 +188,7 @@ def flop_ratio(manifest, preset):
 
 
 def export_all(preset, folder, optimizer, lbps):
-    from edge_lbp.export.exporter import export_model
+    from edge_lbp.methods import export_model
 
     paths = {}
     for lbp in sorted(lbps):

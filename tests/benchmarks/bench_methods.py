@@ -27,7 +27,7 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar100_10cls
 
 def export(method, folder, args):
     """The method's artifact: AdamW at ``--lr``; LBP-WHT lp-tri:4 where the method backpropagates, except full."""
-    from edge_lbp.export.exporter import export_model
+    from edge_lbp.methods import export_model
     from edge_lbp.export.models import load_pretrained
 
     lbp = "none" if method in ("full", "side", "inference") else args.lbp

@@ -23,6 +23,7 @@ import time
 import warnings
 
 import edge_lbp.runtime as runtime
+import edge_lbp
 from edge_lbp.data import random_batches
 from edge_lbp.profiler import Profiler
 
@@ -90,11 +91,11 @@ def main():
     args = parser.parse_args()
     folder = args.artifact
     if folder is None:
-        from edge_lbp.export.exporter import export_model
+        from edge_lbp.methods import export_model
 
         folder = tempfile.mkdtemp(prefix="bench-profiler-")
         export_model("vit-tiny", folder)
-    session = runtime.load(folder, args.engine)
+    session = edge_lbp.load(folder, args.engine)
     x, y = next(random_batches(session.artifact.manifest, args.batch))
     for _ in range(args.warmup):
         session.train_step(x, y)

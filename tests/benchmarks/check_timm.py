@@ -30,7 +30,8 @@ import numpy as np
 import onnxruntime
 
 # edge_lbp first: its process settings (OMP_WAIT_POLICY) must be in place before torch starts OpenMP.
-from edge_lbp import export_model, runtime
+import edge_lbp
+from edge_lbp import export_model
 import timm  # noqa: E402
 import torch  # noqa: E402
 
@@ -81,7 +82,7 @@ def check(name, lbp, folder):
         failed = [k for k in ("eval_numba", "eval_ort") if not measured[k] < 1e-4]
         failed += [k for k in ("repeats", "seed_matters") if not measured[k]]
     else:
-        measured = {"eval_torch": rel(runtime.load(folder, "numba").eval_step(probe), want),
+        measured = {"eval_torch": rel(edge_lbp.load(folder, "numba").eval_step(probe), want),
                     **compare_engines(folder, SHAPE, CLASSES)}
         failed = exceeded(measured) + (["eval_torch"] if not measured["eval_torch"] < 1e-4 else [])
     problem = geometry_problem(report, lbp, extra)

@@ -18,7 +18,7 @@ import onnx
 
 from edge_lbp.export.models import build_model
 from edge_lbp.export.onnx_export import export_forward
-from edge_lbp.export.training import generate_training_artifacts
+from edge_lbp.export.training import generate_training_artifacts, parameter_names
 
 DEFAULT_LAYERS = {
     "vit-tiny": ["blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight", "blocks.1.attn.qkv.weight", "head.weight"],
@@ -111,7 +111,7 @@ def main(argv=None):
             print(f"## {preset}\n\nforward graph ops: {', '.join(op_types(forward))}\n")
             for optimizer in optimizers:
                 folder = root / f"{preset}-{optimizer}"
-                generate_training_artifacts(forward, folder, trainable="all", optimizer=optimizer)
+                generate_training_artifacts(forward, folder, parameter_names(forward), [], optimizer=optimizer)
                 for graph in GRAPHS:
                     ops = op_types(onnx.load(folder / f"{graph}.onnx"))
                     print(f"{optimizer} {graph} ops: {', '.join(ops)}\n")

@@ -109,7 +109,7 @@ def cases(w):
     yield "export: override matches nothing", ["export", "vit-tiny", "-o", str(w / "x4"), "--lbp",
                                                "lp-tri:4,nothing.*=none"], False
     yield "export: --grid 5x5", ["export", "vit-tiny", "-o", str(w / "x5"), "--grid", "5x5"], False
-    api = ("import numpy as np, edge_lbp.runtime as r\ns = r.load({art!r})\n"
+    api = ("import numpy as np, edge_lbp\ns = edge_lbp.load({art!r})\n"
            "x = np.zeros((2, 3, 32, 32), np.float32)\n").format(art=art)
     for name, line in [("NaN pixels", "x[0, 0, 0, 0] = np.nan; s.train_step(x, np.array([0, 1]))"),
                        ("label -1", "s.train_step(x, np.array([0, -1]))"),
@@ -138,10 +138,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     work = Path(args.out or tempfile.mkdtemp(prefix="edge_lbp_probe_"))
     work.mkdir(parents=True, exist_ok=True)
-    from edge_lbp.export.exporter import export_model
+    from edge_lbp.methods import export_model
 
     export_model("vit-tiny", work / "art")
-    export_model("vit-tiny", work / "head", train="head")
+    export_model("vit-tiny", work / "head", method="head")
     rng = np.random.default_rng(0)
     npz(work / "data.npz", x_train=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
     assert run(["train", str(work / "art"), "--data", str(work / "data.npz"), "--epochs", "1", "--threads", "1",

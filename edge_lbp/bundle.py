@@ -1,6 +1,6 @@
 """Writes the demo's packaged artifact (``edge_lbp.core.packaged``) into the package's asset folder (workstation side).
 
-    python -m edge_lbp.export.bundle            # from the repository root: rewrites edge_lbp/assets/vit_c10_demo*
+    python -m edge_lbp.bundle            # from the repository root: rewrites edge_lbp/assets/vit_c10_demo*
 
 It exports the bundled backbone with the packaged settings, then keeps what the device needs and the backbone file
 does not already hold: the graphs, the manifest (without ONNX Runtime's checkpoint, which only the ``ort`` engine
@@ -23,7 +23,7 @@ def bundle(assets_dir) -> Path:
     """Export and write ``FOLDER`` and ``HEAD_FILE`` into ``assets_dir``; return the folder."""
     from safetensors.numpy import load_file, save_file
 
-    from edge_lbp.export.exporter import export_model
+    from edge_lbp.methods import export_model
     from edge_lbp.export.models import load_pretrained
 
     assets_dir = Path(assets_dir)
@@ -52,7 +52,7 @@ def bundle(assets_dir) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_lbp.export.bundle", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m edge_lbp.bundle", description=__doc__.split("\n")[0])
     parser.add_argument("--assets", default=str(packaged.assets()), metavar="DIR",
                         help="where to write (default: this package's asset folder, %(default)s)")
     args = parser.parse_args(argv)

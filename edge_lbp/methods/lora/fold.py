@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import numpy as np
 import onnx
 
-LORA_A, LORA_B = "lora_a", "lora_b"  # parameter suffixes: <layer>.lora_a (R, in), <layer>.lora_b (out, R)
+from edge_lbp.methods.lora import LORA_A, LORA_B
 
 
 def fold_lora(model: onnx.ModelProto, params: Dict[str, np.ndarray]) -> Tuple[onnx.ModelProto, Dict[str, np.ndarray]]:

@@ -1,30 +1,22 @@
-"""LoRA adapters for the ``lora:R`` trainable set: rank-R updates beside frozen linear layers (workstation side).
+"""LoRA adapters for ``--method lora:R``: rank-R updates beside frozen linear layers (workstation side).
 
 Each targeted ``nn.Linear`` (a name ending in ``qkv``, ``proj``, ``fc1`` or ``fc2``) becomes ``y = x W^T + b +
 (x A^T) B^T``, with ``A`` (R, in) and ``B`` (out, R) new parameters named ``<layer>.lora_a`` / ``<layer>.lora_b``
 next to the layer's ``weight`` and ``bias`` (kept under their names, so the backbone's weights still load). ``B``
 starts at zero, so the adapted model starts as the backbone; ``A`` is drawn from a fixed seed. The scale
 ``alpha / R`` of the LoRA paper is 1 here: with AdamW it only rescales the learning rate of the adapters. The
-device folds ``B A`` into ``W`` when it writes the inference model (``edge_lbp.runtime.lora``).
+device folds ``B A`` into ``W`` when it writes the inference model (:mod:`edge_lbp.methods.lora.fold`).
 """
 import copy
 import math
-import re
 
 import torch
 from torch import nn
 
-from edge_lbp.runtime.lora import LORA_A, LORA_B
+from edge_lbp.methods.lora import LORA_A, LORA_B
 
 # The presets' and timm's attention and MLP layers, and Hugging Face's (transformers 5: q/k/v/o_proj, mlp.fc1/fc2).
 TARGETS = ("qkv", "proj", "fc1", "fc2", "q_proj", "k_proj", "v_proj", "o_proj")
-SPEC = re.compile(r"lora:([1-9]\d*)")
-
-
-def rank_of(trainable: str):
-    """``"lora:8"`` -> 8; None for any other trainable set."""
-    match = SPEC.fullmatch(trainable)
-    return int(match.group(1)) if match else None
 
 
 class LoraLinear(nn.Module):

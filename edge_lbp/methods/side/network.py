@@ -8,7 +8,7 @@ learned queries read each of them in turn by cross-attention in which the featur
 are (normalised, not projected), so the side's backward reads nothing but the normalised taps, a few ``B x N x C``
 tensors. The backbone's own head and the blocks after the last tap drop out of the graph.
 
-Every backbone parameter is frozen in the artifact (``trainable="side"``): ORT's gradient builder then emits no
+Every backbone parameter is frozen in the artifact (``--method side``): ORT's gradient builder then emits no
 node for the backbone, which :func:`backbone_reads` checks on the training graph.
 """
 import re
@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 from edge_lbp.export.hf import input_shape
-from edge_lbp.export.training import block_key
+from edge_lbp.methods.partial import block_key
 
-SCOPE = "side."  # parameter-name prefix of the side network (its nodes are named /side/...)
 BACKBONE_SCOPE = "/backbone/"
 DEFAULT_QUERIES, DEFAULT_WIDTH = 4, 64
 
@@ -75,7 +74,7 @@ class SideNetwork(nn.Module):
 
 def transformer_blocks(backbone):
     """The blocks in order: ``backbone.blocks`` (the presets, timm's ViT and DeiT), else the modules whose names end
-    like a block's under ``export.training.block_key`` (Hugging Face ``<model>.layers.<i>``, Swin's
+    like a block's under ``edge_lbp.methods.partial.block_key`` (Hugging Face ``<model>.layers.<i>``, Swin's
     ``layers.<s>.blocks.<b>``; a stage itself, with a shorter key, is not a block)."""
     blocks = getattr(backbone, "blocks", None)
     if isinstance(blocks, nn.ModuleList) and len(blocks):

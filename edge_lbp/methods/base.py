@@ -1,0 +1,62 @@
+"""What a training method is, as the exporter, the engines and the application ask it.
+
+A method is parsed from its spelling (``--method``; :func:`edge_lbp.methods.parse`) or read back from an artifact's
+manifest (:func:`edge_lbp.methods.of_manifest`). On the workstation it says how the model is adapted before the
+export (``adapt``), which parameters the training graph trains (``split``), what the manifest records
+(``trainable_set``, ``record``); on the device, which session trains the artifact (``open_session``) and how the
+adapted model is folded into a plain inference graph (``fold``). The LBP rewrite of the backward is not a method:
+it applies to whatever backprop a method does (``--lbp``, :mod:`edge_lbp.methods.lbp`).
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import onnx
+
+
+class Method:
+    SYNTAX: ClassVar[str]  # how the option spells it, for help texts and errors ("lora:R")
+    name: ClassVar[str] = "backprop"  # the manifest's method name; "backprop" is recorded as no method at all
+
+    spec: str  # this method as the user spelled it, normalised ("lora:8")
+    NOT_FOR_ONNX: ClassVar[Optional[str]] = None  # why an ONNX file (no torch module to adapt) cannot take it
+
+    # -- workstation ---------------------------------------------------------------------------------------------
+    def adapt(self, model, num_classes=None):
+        """The torch module to export instead of ``model`` (adapters, a side network); ``model`` by default."""
+        return model
+
+    def split(self, names: List[str], forward: onnx.ModelProto) -> Tuple[List[str], List[str]]:
+        """``(trained by backprop, frozen)`` parameter names, both in ``names``' order."""
+        raise NotImplementedError
+
+    @property
+    def trainable_set(self) -> str:
+        """The manifest's ``trainable_set`` entry."""
+        return self.spec
+
+    def record(self, forward: onnx.ModelProto, training: onnx.ModelProto, frozen: Iterable[str]) -> Optional[dict]:
+        """The manifest's ``method`` entry (None: plain backprop of the trainable set)."""
+        return None
+
+    # -- device --------------------------------------------------------------------------------------------------
+    def open_session(self, artifact, engine: str, *, seed: int, threads, zo):
+        """The session that trains an artifact of this method on ``engine``."""
+        from edge_lbp.runtime import open_engine
+
+        if zo is not None:
+            raise ValueError(f"{artifact.folder}: ZO options apply to zo-hybrid artifacts; this one trains "
+                             f"{self.spec} (export it with --method zo-hybrid:K)")
+        return open_engine(artifact, engine, seed=seed, threads=threads)
+
+    def fold(self, graph: onnx.ModelProto, params: Dict[str, np.ndarray]):
+        """``(graph, parameters)`` of the plain inference model; unchanged unless the method adds to the model."""
+        return graph, params
+
+
+def choose(names: List[str], chosen, what: str) -> Tuple[List[str], List[str]]:
+    """``split``'s result for the set ``chosen``; a one-line error when it is empty."""
+    if not chosen:
+        raise ValueError(f"{what} selects no parameter of this model")
+    return [n for n in names if n in chosen], [n for n in names if n not in chosen]

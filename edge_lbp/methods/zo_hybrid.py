@@ -1,0 +1,50 @@
+"""``zo-hybrid:K`` (ElasticZO-style): backprop for the last K blocks, the final norm and the head; zeroth-order SPSA
+(:mod:`edge_lbp.core.zo`) for every other parameter, on the device.
+
+The training graph is exported as for ``last:K``; the manifest's method record names the ZO parameters, and the
+numba engine's :class:`~edge_lbp.runtime.zo_session.ZOHybridSession` trains both parts.
+"""
+from __future__ import annotations
+
+import re
+
+from edge_lbp.methods.base import Method, choose
+from edge_lbp.methods.partial import last_blocks
+
+NAME = "zo-hybrid"
+_SPEC = re.compile(r"zo-hybrid:([1-9]\d*)")
+
+
+class ZOHybrid(Method):
+    SYNTAX = "zo-hybrid:K"
+    name = NAME
+
+    def __init__(self, blocks: int):
+        self.blocks, self.spec = blocks, f"{NAME}:{blocks}"
+
+    @classmethod
+    def parse(cls, text: str):
+        match = _SPEC.fullmatch(text)
+        return cls(int(match.group(1))) if match else None
+
+    @classmethod
+    def from_record(cls, record: dict):
+        return cls(int(record["blocks"]))
+
+    def split(self, names, forward):
+        return choose(names, last_blocks(names, self.blocks), f"--method {self.spec}")
+
+    @property
+    def trainable_set(self) -> str:
+        return f"last:{self.blocks}"  # what the training graph trains; the ZO part is the method record's
+
+    def record(self, forward, training, frozen):
+        return {"name": NAME, "blocks": self.blocks, "zo": list(frozen)}
+
+    def open_session(self, artifact, engine, *, seed, threads, zo):
+        if engine != "numba":
+            raise ValueError(f"{artifact.folder}: a zo-hybrid artifact trains on the numba engine only (the {engine} "
+                             "engine would train the backprop part alone)")
+        from edge_lbp.runtime.zo_session import ZOHybridSession
+
+        return ZOHybridSession(artifact, seed, zo, threads)
