@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import psutil
 
 from edge_lbp.devices._sysfs import PathLike, ReadText, Sysfs
+from edge_lbp.devices.power import PowerModel
 
 RPI4, RPI5 = "rpi4", "rpi5"
 JETSON_NANO, JETSON_ORIN, JETSON_OTHER = "jetson-nano", "jetson-orin", "jetson"
@@ -16,20 +17,6 @@ JETSON_KINDS = (JETSON_NANO, JETSON_ORIN, JETSON_OTHER)
 
 # L4T major release -> JetPack major version (NVIDIA's release tables; R34 was the JetPack 5 developer preview).
 _JETPACK_OF_L4T = {32: "4", 34: "5", 35: "5", 36: "6"}
-
-
-@dataclass(frozen=True)
-class PowerModel:
-    """Board power as a straight line in CPU utilisation, from two published whole-board measurements."""
-
-    idle_w: float
-    full_w: float
-    source: str
-    boundary: str = "whole board at its 5 V input (modelled)"
-
-    def watts(self, utilisation: float) -> float:
-        u = min(max(utilisation, 0.0), 1.0)
-        return self.idle_w + (self.full_w - self.idle_w) * u
 
 
 # Only boards with a measurement we could trace to a public page. Jeff Geerling's Raspberry Pi power benchmarks
