@@ -6,6 +6,7 @@ Every reader takes a ``root`` (``/`` on the device, a fake sysfs tree in tests) 
 """
 from edge_lbp.devices._sysfs import SensorError, SensorNotice
 from edge_lbp.devices.boards import PUBLISHED_POWER_MODELS, BoardProfile, detect_board
+from edge_lbp.devices.choose import open_power_reader
 from edge_lbp.devices.cpustate import CpuStateReader
 from edge_lbp.devices.report import device_report
 from edge_lbp.devices.power import EstimateReader, ExternalMeter, PowerModel, PowerReader, PowerReading
@@ -24,7 +25,6 @@ from edge_lbp.devices.sensors import (
     Ina3221Iio,
     Pi5Pmic,
     Rapl,
-    open_power_reader,
     parse_pmic_adc,
 )
 

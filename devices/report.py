@@ -7,7 +7,8 @@ from edge_lbp.devices._sysfs import PathLike, ReadText, SensorError
 from edge_lbp.devices.boards import JETSON_NANO, RPI5, BoardProfile, detect_board
 from edge_lbp.devices.cpustate import FREQ_HINT, THERMAL_HINT, CpuStateReader
 from edge_lbp.devices.power import EstimateReader, PowerReader
-from edge_lbp.devices.sensors import Ina3221Hwmon, Ina3221Iio, Pi5Pmic, Runner, candidate_readers
+from edge_lbp.devices.choose import candidate_readers
+from edge_lbp.devices.sensors import Ina3221Hwmon, Ina3221Iio, Pi5Pmic, Runner
 
 NO_SENSOR_HINT = (
     "this board has no power sensor: energy is an estimate; for measured energy, "
