@@ -4,28 +4,30 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Union
 
 from edge_lbp.devices._sysfs import PathLike, ReadText, SensorError, notify
-from edge_lbp.devices.boards import RPI5, BoardProfile, detect_board
+from edge_lbp.devices.boards import BoardProfile, detect_board
 from edge_lbp.devices.power import EstimateReader, ExternalMeter, PowerReader
 from edge_lbp.devices.sensors import (
     HwmonEnergy,
     HwmonPower,
     Ina3221Hwmon,
     Ina3221Iio,
-    Pi5Pmic,
     Rapl,
     Runner,
     SysfsReader,
 )
 
 
+# Looked for on every board after its own sensors: each is a glob under /sys, so looking costs nothing and a board
+# missing from BOARDS still finds its monitor. Pi5Pmic is not here: it runs a command, so only where its board says.
+EVERY_BOARD = (Ina3221Hwmon, Ina3221Iio, Rapl, HwmonPower, HwmonEnergy)
+
+
 def candidate_readers(
     board: BoardProfile, *, root: PathLike = "/", read_text: Optional[ReadText] = None, runner: Optional[Runner] = None
 ) -> List[SysfsReader]:
-    """The sensors worth trying on ``board``, best first."""
-    kinds = [Ina3221Hwmon, Ina3221Iio]
-    if board.kind == RPI5:  # only run vcgencmd where the PMIC exists
-        kinds.append(Pi5Pmic)
-    kinds += [Rapl, HwmonPower, HwmonEnergy]
+    """The sensors worth trying on ``board``, best first: its own (its record in BOARDS), then EVERY_BOARD's."""
+    own = board.record.sensors
+    kinds = own + tuple(kind for kind in EVERY_BOARD if kind not in own)
     return [kind(root, read_text=read_text, runner=runner) for kind in kinds]
 
 

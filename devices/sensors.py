@@ -23,6 +23,9 @@ def run_command(argv: Sequence[str]) -> str:
 
 class SysfsReader(PowerReader):
     # One constructor for every sensor so candidate_readers can build them alike; only Pi5Pmic uses the runner.
+    jetpacks: Tuple[str, ...] = ()  # a Jetson sensor's JetPack releases, whose kernels carry its driver
+    absent_hint: Optional[str] = None  # what to do when it is not there at all, where that differs from ``hint``
+
     def __init__(self, root: PathLike = "/", *, read_text: Optional[ReadText] = None, runner: Optional[Runner] = None):
         self.fs = Sysfs(root, read_text)
         self.runner = runner or run_command
@@ -44,6 +47,7 @@ class Ina3221Iio(SysfsReader):
 
     name = "ina3221-iio"
     boundary = MODULE_RAILS
+    jetpacks = ("4",)
     hint = "INA3221 (JetPack 4) not visible under /sys/bus/i2c/drivers/ina3221x: run on the host or bind-mount /sys"
     pattern = "sys/bus/i2c/drivers/ina3221x/*/iio:device*/rail_name_*"
 
@@ -64,6 +68,7 @@ class Ina3221Hwmon(SysfsReader):
 
     name = "ina3221-hwmon"
     boundary = MODULE_RAILS
+    jetpacks = ("5", "6")
     hint = "INA3221 (JetPack 5/6) not visible under /sys/bus/i2c/drivers/ina3221: run on the host or bind-mount /sys"
     pattern = "sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*/in*_label"
 
@@ -142,6 +147,9 @@ class Rapl(SysfsReader):
         "RAPL energy_uj is root-only on current kernels (CVE-2020-8694): run as root or "
         "grant read access to /sys/class/powercap/intel-rapl:*/energy_uj"
     )
+    # Absent altogether, rather than unreadable, it is usually a VM.
+    absent_hint = ("no /sys/class/powercap/intel-rapl: this kernel or VM exposes no RAPL energy counters; "
+                   "measure at the wall with an external meter")
 
     def _domains(self) -> List[Path]:
         top = [d for d in self.fs.glob("sys/class/powercap/intel-rapl:*") if re.fullmatch(r"intel-rapl:\d+", d.name)]
