@@ -5,10 +5,11 @@ Every reader takes a ``root`` (``/`` on the device, a fake sysfs tree in tests) 
 :class:`SensorNotice` and the CPU-utilisation estimate takes over, labelled as an estimate with its source.
 """
 from edge_lbp.devices._sysfs import SensorError, SensorNotice
-from edge_lbp.devices.boards import PUBLISHED_POWER_MODELS, BoardProfile, PowerModel, detect_board
+from edge_lbp.devices.boards import PUBLISHED_POWER_MODELS, BoardProfile, detect_board
+from edge_lbp.devices.choose import open_power_reader
 from edge_lbp.devices.cpustate import CpuStateReader
 from edge_lbp.devices.report import device_report
-from edge_lbp.devices.power import EstimateReader, ExternalMeter, PowerReader, PowerReading
+from edge_lbp.devices.power import EstimateReader, ExternalMeter, PowerModel, PowerReader, PowerReading
 from edge_lbp.devices.sampler import (
     EnergyReport,
     PowerSampler,
@@ -24,7 +25,6 @@ from edge_lbp.devices.sensors import (
     Ina3221Iio,
     Pi5Pmic,
     Rapl,
-    open_power_reader,
     parse_pmic_adc,
 )
 

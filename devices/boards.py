@@ -1,54 +1,84 @@
-"""Which board this is (Raspberry Pi 4 / 5, Jetson Nano / Orin, generic CPU), its cores, memory and thread count."""
+"""The boards this package knows, one :class:`Board` record each in :data:`BOARDS`; which one this is, with its
+cores, memory and thread count."""
 from __future__ import annotations
 
 import platform
 import re
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Type
 
 import psutil
 
 from edge_lbp.devices._sysfs import PathLike, ReadText, Sysfs
-
-RPI4, RPI5 = "rpi4", "rpi5"
-JETSON_NANO, JETSON_ORIN, JETSON_OTHER = "jetson-nano", "jetson-orin", "jetson"
-JETSON_KINDS = (JETSON_NANO, JETSON_ORIN, JETSON_OTHER)
+from edge_lbp.devices.power import PowerModel
+from edge_lbp.devices.sensors import Ina3221Hwmon, Ina3221Iio, Pi5Pmic, Rapl, SysfsReader
 
 # L4T major release -> JetPack major version (NVIDIA's release tables; R34 was the JetPack 5 developer preview).
 _JETPACK_OF_L4T = {32: "4", 34: "5", 35: "5", 36: "6"}
 
 
 @dataclass(frozen=True)
-class PowerModel:
-    """Board power as a straight line in CPU utilisation, from two published whole-board measurements."""
+class Board:
+    """Everything this package knows about one board. Detection, the power estimate, the choice of sensors and the
+    doctor's hints all read it from :data:`BOARDS`, so adding a board is adding one record there."""
 
-    idle_w: float
-    full_w: float
-    source: str
-    boundary: str = "whole board at its 5 V input (modelled)"
+    kind: str  # the name BoardProfile.kind and the reports carry
+    # How to recognise it: every condition set must hold, and the first record in BOARDS that matches wins.
+    model: Optional[str] = None  # regex searched in the lower-cased model (device tree, else /proc/cpuinfo's Model)
+    jetson: bool = False  # an NVIDIA L4T system: the model names a Jetson, or /etc/nv_tegra_release exists
+    machine: Optional[str] = None  # platform.machine(), for a board told apart by its CPU architecture alone
+    # Whole-board power in CPU utilisation from published measurements, for when no sensor reads; None rather than
+    # invented numbers (the fallback then asks for a meter).
+    power_model: Optional[PowerModel] = None
+    # Its own power sensors, tried before the ones looked for on every board (choose.EVERY_BOARD). The one it ought
+    # to have comes first; among a Jetson's, the one its JetPack release drives (SysfsReader.jetpacks).
+    sensors: Tuple[Type[SysfsReader], ...] = ()
 
-    def watts(self, utilisation: float) -> float:
-        u = min(max(utilisation, 0.0), 1.0)
-        return self.idle_w + (self.full_w - self.idle_w) * u
+    def recognises(self, model: str, l4t_release: bool, machine: str) -> bool:
+        """Whether a system with this model string, /etc/nv_tegra_release (or not) and CPU is this board."""
+        lower = model.lower()
+        if self.jetson and not ("jetson" in lower or l4t_release):
+            return False
+        if self.machine is not None and self.machine != machine:
+            return False
+        return self.model is None or re.search(self.model, lower) is not None
 
 
-# Only boards with a measurement we could trace to a public page. Jeff Geerling's Raspberry Pi power benchmarks
-# (pidramble.com/wiki/benchmarks/power-consumption) list a headless Pi 4 B at 540 mA idle and 1280 mA under
-# `stress --cpu 4`, both at 5 V: 2.7 W and 6.4 W. Boards with an on-board sensor (Pi 5, Jetson) are not listed:
-# their fallback asks for a meter or a user-supplied PowerModel instead of inventing numbers.
-PUBLISHED_POWER_MODELS = {
-    RPI4: PowerModel(
-        idle_w=2.7,
-        full_w=6.4,
-        source="Raspberry Pi 4 B, headless: 2.7 W idle, 6.4 W with stress --cpu 4 "
-        "(J. Geerling, pidramble.com/wiki/benchmarks/power-consumption)",
+BOARDS: Tuple[Board, ...] = (
+    # The Pi 5's PMIC reads its own rails; no published whole-board coefficients.
+    Board("rpi5", model=r"raspberry pi (?:compute module )?5\b", sensors=(Pi5Pmic,)),
+    # No sensor. Jeff Geerling's Raspberry Pi power benchmarks (pidramble.com/wiki/benchmarks/power-consumption) list
+    # a headless Pi 4 B at 540 mA idle and 1280 mA under `stress --cpu 4`, both at 5 V: 2.7 W and 6.4 W.
+    Board(
+        "rpi4",
+        model=r"raspberry pi (?:compute module )?4\b",
+        power_model=PowerModel(
+            idle_w=2.7,
+            full_w=6.4,
+            source="Raspberry Pi 4 B, headless: 2.7 W idle, 6.4 W with stress --cpu 4 "
+            "(J. Geerling, pidramble.com/wiki/benchmarks/power-consumption)",
+        ),
     ),
-}
+    # Before the Nano: a "Jetson Orin Nano" is an Orin. Orin runs JetPack 5 and later, the Nano JetPack 4 only.
+    Board("jetson-orin", jetson=True, model="orin", sensors=(Ina3221Hwmon,)),
+    Board("jetson-nano", jetson=True, model="nano", sensors=(Ina3221Iio,)),
+    Board("jetson", jetson=True, sensors=(Ina3221Hwmon, Ina3221Iio)),  # TX2, Xavier: JetPack 4 or 5
+    Board("generic-x86_64", machine="x86_64", sensors=(Rapl,)),
+)
+
+
+def board_record(kind: str) -> Board:
+    """The record of ``kind``; a board missing from BOARDS (generic-aarch64, ...) is known by its kind alone."""
+    return next((board for board in BOARDS if board.kind == kind), Board(kind))
+
+
+# kind -> published model, for callers that build a BoardProfile by hand; detect_board takes it from the record.
+PUBLISHED_POWER_MODELS = {board.kind: board.power_model for board in BOARDS if board.power_model}
 
 
 @dataclass(frozen=True)
 class BoardProfile:
-    kind: str  # rpi4, rpi5, jetson-nano, jetson-orin, jetson, generic-x86_64, generic-aarch64, ...
+    kind: str  # a Board.kind from BOARDS (rpi5, jetson-orin, generic-x86_64, ...), else generic-<machine>
     model: str
     machine: str
     logical_cores: int
@@ -61,8 +91,9 @@ class BoardProfile:
     power_model: Optional[PowerModel] = None
 
     @property
-    def is_jetson(self) -> bool:
-        return self.kind in JETSON_KINDS
+    def record(self) -> Board:
+        """Its record in BOARDS: its own sensors, for the reader choice and the doctor's hints."""
+        return board_record(self.kind)
 
 
 def parse_cpu_list(text: str) -> int:
@@ -112,21 +143,6 @@ def _board_model(fs: Sysfs, cpuinfo: Optional[str]) -> Optional[str]:
     return match.group(1).strip() if match else None
 
 
-def _kind(model: str, has_tegra_release: bool, machine: str) -> str:
-    lower = model.lower()
-    if re.search(r"raspberry pi (?:compute module )?5\b", lower):
-        return RPI5
-    if re.search(r"raspberry pi (?:compute module )?4\b", lower):
-        return RPI4
-    if "jetson" in lower or has_tegra_release:
-        if "orin" in lower:
-            return JETSON_ORIN
-        if "nano" in lower:
-            return JETSON_NANO
-        return JETSON_OTHER
-    return f"generic-{machine}"
-
-
 def detect_board(
     root: PathLike = "/", *, read_text: Optional[ReadText] = None, machine: Optional[str] = None
 ) -> BoardProfile:
@@ -139,7 +155,8 @@ def detect_board(
     if not model:
         name = re.search(r"^model name\s*:\s*(.+)$", cpuinfo or "", flags=re.M)
         model = name.group(1).strip() if name else f"generic {machine}"
-    kind = _kind(model, tegra is not None, machine)
+    record = next((board for board in BOARDS if board.recognises(model, tegra is not None, machine)),
+                  Board(f"generic-{machine}"))
     l4t, jetpack = parse_l4t(tegra)
 
     logical, physical = _cpuinfo_counts(cpuinfo)
@@ -149,7 +166,7 @@ def detect_board(
     # SMT siblings share one core's vector units, so dense kernels gain nothing from a second thread per core.
     threads = max(1, min(physical, online))
     return BoardProfile(
-        kind=kind,
+        kind=record.kind,
         model=model,
         machine=machine,
         logical_cores=logical,
@@ -159,5 +176,5 @@ def detect_board(
         recommended_threads=threads,
         l4t=l4t,
         jetpack=jetpack,
-        power_model=PUBLISHED_POWER_MODELS.get(kind),
+        power_model=record.power_model,
     )

@@ -1,4 +1,5 @@
-"""Power readings, the reader interface, and the two readers that need no sensor: an external meter and the estimate."""
+"""Power readings, the reader interface, the linear power model, and the two readers that need no sensor: an external
+meter and the estimate."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,13 +8,26 @@ from typing import Callable, Mapping, Optional, Tuple, Union
 import psutil
 
 from edge_lbp.devices._sysfs import SensorError
-from edge_lbp.devices.boards import PowerModel
 
 # Measurement boundaries, as the profiling conventions name them.
 MODULE_RAILS = "module rails"
 PMIC_RAILS = "PMIC rails"
 CPU_PACKAGE = "CPU package"
 WALL = "wall"
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    """Board power as a straight line in CPU utilisation, from two published whole-board measurements."""
+
+    idle_w: float
+    full_w: float
+    source: str
+    boundary: str = "whole board at its 5 V input (modelled)"
+
+    def watts(self, utilisation: float) -> float:
+        u = min(max(utilisation, 0.0), 1.0)
+        return self.idle_w + (self.full_w - self.idle_w) * u
 
 
 @dataclass(frozen=True)

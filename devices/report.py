@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Optional
 
 from edge_lbp.devices._sysfs import PathLike, ReadText, SensorError
-from edge_lbp.devices.boards import JETSON_NANO, RPI5, BoardProfile, detect_board
+from edge_lbp.devices.boards import BoardProfile, detect_board
+from edge_lbp.devices.choose import candidate_readers
 from edge_lbp.devices.cpustate import FREQ_HINT, THERMAL_HINT, CpuStateReader
 from edge_lbp.devices.power import EstimateReader, PowerReader
-from edge_lbp.devices.sensors import Ina3221Hwmon, Ina3221Iio, Pi5Pmic, Runner, candidate_readers
+from edge_lbp.devices.sensors import Runner
 
 NO_SENSOR_HINT = (
     "this board has no power sensor: energy is an estimate; for measured energy, "
@@ -28,22 +29,14 @@ def _probe(reader: PowerReader) -> dict:
     return entry
 
 
-# Rapl.hint is for a RAPL that is there but unreadable; absent altogether, it is usually a VM.
-RAPL_ABSENT_HINT = ("no /sys/class/powercap/intel-rapl: this kernel or VM exposes no RAPL energy counters; "
-                    "measure at the wall with an external meter")
-
-
-def _primary_sensor_hint(board: BoardProfile) -> Optional[str]:
-    """What to fix when the sensor a board ought to have is not visible at all."""
-    if board.kind == RPI5:
-        return Pi5Pmic.hint
-    if board.kind == JETSON_NANO or board.jetpack == "4":
-        return Ina3221Iio.hint
-    if board.is_jetson:
-        return Ina3221Hwmon.hint
-    if board.machine == "x86_64":
-        return RAPL_ABSENT_HINT
-    return None
+def _missing_sensor_hint(board: BoardProfile) -> Optional[str]:
+    """What to fix when the sensor a board ought to have (the first of its own that its JetPack drives, else the
+    first) is not visible at all."""
+    own = board.record.sensors
+    if not own:
+        return None
+    expected = next((kind for kind in own if board.jetpack in kind.jetpacks), own[0])
+    return expected.absent_hint or expected.hint
 
 
 def device_report(
@@ -66,7 +59,7 @@ def device_report(
         estimate = EstimateReader(board.power_model, cpu_percent=lambda: 0.0)
         power = {"reader": estimate.name, "boundary": estimate.boundary, "estimate": True, "source": estimate.source}
         if not any(s["found"] for s in sensors):
-            hints.append(_primary_sensor_hint(board) or NO_SENSOR_HINT)
+            hints.append(_missing_sensor_hint(board) or NO_SENSOR_HINT)
         if board.power_model is None:
             hints.append(f"{board.model}: {estimate.source}")
 

@@ -11,9 +11,10 @@ import numpy as np
 
 from edge_lbp.devices._sysfs import PathLike, ReadText, SensorError, notify
 from edge_lbp.devices.boards import BoardProfile, detect_board
+from edge_lbp.devices.choose import describe_fallback, open_power_reader
 from edge_lbp.devices.cpustate import CpuStateReader
 from edge_lbp.devices.power import EstimateReader, PowerReader, PowerReading
-from edge_lbp.devices.sensors import Runner, describe_fallback, open_power_reader
+from edge_lbp.devices.sensors import Runner
 
 Clock = Callable[[], float]
 

@@ -1,23 +1,13 @@
-"""Power sensors: Jetson INA3221 (JetPack 4 iio and JetPack 5/6 hwmon), Raspberry Pi 5 PMIC, RAPL, generic hwmon;
-and :func:`open_power_reader`, which picks the first readable one or falls back to the estimate."""
+"""Power sensors: Jetson INA3221 (JetPack 4 iio and JetPack 5/6 hwmon), Raspberry Pi 5 PMIC, RAPL, generic hwmon."""
 from __future__ import annotations
 
 import re
 import subprocess
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from edge_lbp.devices._sysfs import PathLike, ReadText, SensorError, Sysfs, notify
-from edge_lbp.devices.boards import RPI5, BoardProfile, detect_board
-from edge_lbp.devices.power import (
-    CPU_PACKAGE,
-    MODULE_RAILS,
-    PMIC_RAILS,
-    EstimateReader,
-    ExternalMeter,
-    PowerReader,
-    PowerReading,
-)
+from edge_lbp.devices._sysfs import PathLike, ReadText, SensorError, Sysfs
+from edge_lbp.devices.power import CPU_PACKAGE, MODULE_RAILS, PMIC_RAILS, PowerReader, PowerReading
 
 Runner = Callable[[Sequence[str]], str]
 
@@ -33,6 +23,9 @@ def run_command(argv: Sequence[str]) -> str:
 
 class SysfsReader(PowerReader):
     # One constructor for every sensor so candidate_readers can build them alike; only Pi5Pmic uses the runner.
+    jetpacks: Tuple[str, ...] = ()  # a Jetson sensor's JetPack releases, whose kernels carry its driver
+    absent_hint: Optional[str] = None  # what to do when it is not there at all, where that differs from ``hint``
+
     def __init__(self, root: PathLike = "/", *, read_text: Optional[ReadText] = None, runner: Optional[Runner] = None):
         self.fs = Sysfs(root, read_text)
         self.runner = runner or run_command
@@ -54,6 +47,7 @@ class Ina3221Iio(SysfsReader):
 
     name = "ina3221-iio"
     boundary = MODULE_RAILS
+    jetpacks = ("4",)
     hint = "INA3221 (JetPack 4) not visible under /sys/bus/i2c/drivers/ina3221x: run on the host or bind-mount /sys"
     pattern = "sys/bus/i2c/drivers/ina3221x/*/iio:device*/rail_name_*"
 
@@ -74,6 +68,7 @@ class Ina3221Hwmon(SysfsReader):
 
     name = "ina3221-hwmon"
     boundary = MODULE_RAILS
+    jetpacks = ("5", "6")
     hint = "INA3221 (JetPack 5/6) not visible under /sys/bus/i2c/drivers/ina3221: run on the host or bind-mount /sys"
     pattern = "sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*/in*_label"
 
@@ -152,6 +147,9 @@ class Rapl(SysfsReader):
         "RAPL energy_uj is root-only on current kernels (CVE-2020-8694): run as root or "
         "grant read access to /sys/class/powercap/intel-rapl:*/energy_uj"
     )
+    # Absent altogether, rather than unreadable, it is usually a VM.
+    absent_hint = ("no /sys/class/powercap/intel-rapl: this kernel or VM exposes no RAPL energy counters; "
+                   "measure at the wall with an external meter")
 
     def _domains(self) -> List[Path]:
         top = [d for d in self.fs.glob("sys/class/powercap/intel-rapl:*") if re.fullmatch(r"intel-rapl:\d+", d.name)]
@@ -230,55 +228,3 @@ class HwmonEnergy(_HwmonChannels):
         counters = {label: (int(self.fs.number(f)), None) for label, f in channels}
         boundary = f"hwmon device '{device}' ({', '.join(counters)})"
         return PowerReading(None, boundary, f"hwmon {device} energy*_input", counters=counters)
-
-
-def candidate_readers(
-    board: BoardProfile, *, root: PathLike = "/", read_text: Optional[ReadText] = None, runner: Optional[Runner] = None
-) -> List[SysfsReader]:
-    """The sensors worth trying on ``board``, best first."""
-    kinds = [Ina3221Hwmon, Ina3221Iio]
-    if board.kind == RPI5:  # only run vcgencmd where the PMIC exists
-        kinds.append(Pi5Pmic)
-    kinds += [Rapl, HwmonPower, HwmonEnergy]
-    return [kind(root, read_text=read_text, runner=runner) for kind in kinds]
-
-
-def describe_fallback(fallback: EstimateReader) -> str:
-    if fallback.model is None:
-        return f"no energy figures: {fallback.source}"
-    return f"energy will be an estimate ({fallback.source})"
-
-
-def open_power_reader(
-    board: Optional[BoardProfile] = None,
-    *,
-    root: PathLike = "/",
-    read_text: Optional[ReadText] = None,
-    runner: Optional[Runner] = None,
-    external: Union[None, float, Callable[[], float], PowerReader] = None,
-    cpu_percent: Optional[Callable[[], float]] = None,
-) -> PowerReader:
-    """The first sensor on ``board`` that reads, else the CPU-utilisation estimate; never raises for a sensor.
-
-    ``external`` (watts, a callable returning watts, or a reader) replaces the sensors, e.g. a USB or wall meter.
-    Every unreadable sensor and the fall-back itself produce a one-line :class:`SensorNotice`.
-    """
-    if external is not None:
-        return external if isinstance(external, PowerReader) else ExternalMeter(external)
-    board = board or detect_board(root, read_text=read_text)
-    problems = []
-    for reader in candidate_readers(board, root=root, read_text=read_text, runner=runner):
-        if not reader.present():
-            continue
-        try:
-            reader.read()
-        except SensorError as err:
-            problems.append(str(err))
-            continue
-        for problem in problems:
-            notify(f"{problem}; using {reader.name} instead")
-        return reader
-    fallback = EstimateReader(board.power_model, cpu_percent)
-    reason = "; ".join(problems) or f"no power sensor found on {board.model}"
-    notify(f"{reason}; {describe_fallback(fallback)}")
-    return fallback

@@ -1,10 +1,11 @@
-"""Board detection and the doctor report, on fake /proc, /sys and /etc trees."""
+"""Board detection, the board table and the doctor report, on fake /proc, /sys and /etc trees."""
 import json
 
 import pytest
 
-from edge_lbp.devices import detect_board, device_report
-from edge_lbp.devices.boards import parse_cpu_list, parse_l4t
+from edge_lbp.devices import PowerModel, PowerReading, boards, detect_board, device_report, open_power_reader
+from edge_lbp.devices.boards import Board, parse_cpu_list, parse_l4t
+from edge_lbp.devices.sensors import SysfsReader
 from fake_device import make_tree
 
 
@@ -206,3 +207,59 @@ def test_doctor_on_x86_without_rapl_says_it_is_absent_not_forbidden(tmp_path):
     report = device_report(make_tree(tmp_path, X86_SMT), machine="x86_64")
     assert any("exposes no RAPL" in hint for hint in report["hints"])
     assert not any("root-only" in hint for hint in report["hints"])
+
+
+class ToyMeter(SysfsReader):
+    """A made-up board's own power monitor: microwatts in one file."""
+
+    name = "toy-meter"
+    boundary = "toy rails"
+    hint = "toy meter not visible: load the toy_meter driver"
+    file = "sys/devices/platform/toy-meter/power_uw"
+
+    def present(self):
+        return self.fs.path(self.file).exists()
+
+    def read(self):
+        return PowerReading(self.fs.number(self.fs.path(self.file)) / 1e6, self.boundary, "toy meter")
+
+
+TOY = Board("toy-3", model=r"toy board 3\b", power_model=PowerModel(1.0, 3.0, source="Toy Board 3: made-up figures"),
+            sensors=(ToyMeter,))
+TOY_FILES = {"proc/device-tree/model": "Toy Board 3 Rev 1.1\x00", "proc/cpuinfo": arm_cpuinfo(4),
+             "proc/meminfo": meminfo(2000000)}
+
+
+@pytest.fixture
+def toy_board(monkeypatch):
+    """All that adding a board takes: its record in the table, nothing else."""
+    monkeypatch.setattr(boards, "BOARDS", (*boards.BOARDS, TOY))
+
+
+def test_a_board_added_to_the_table_is_detected_and_uses_its_own_sensor(tmp_path, toy_board, recwarn):
+    root = make_tree(tmp_path, {**TOY_FILES, ToyMeter.file: "2500000\n"})
+    board = detect_board(root, machine="aarch64")
+    assert (board.kind, board.model) == ("toy-3", "Toy Board 3 Rev 1.1")
+    assert board.power_model is TOY.power_model
+    reader = open_power_reader(board, root=root)
+    assert isinstance(reader, ToyMeter) and reader.read().watts == pytest.approx(2.5)
+    assert not recwarn.list
+
+    report = device_report(root, machine="aarch64")
+    assert report["board"]["kind"] == "toy-3"
+    assert report["sensors"][0] == {"name": "toy-meter", "found": True, "readable": True, "boundary": "toy rails",
+                                    "watts": pytest.approx(2.5), "error": None}
+    assert report["power"] == {"reader": "toy-meter", "boundary": "toy rails", "estimate": False}
+
+
+def test_a_board_added_to_the_table_falls_back_to_its_power_model_and_hint(tmp_path, toy_board):
+    report = device_report(make_tree(tmp_path, TOY_FILES), machine="aarch64")
+    assert report["power"]["estimate"] and "Toy Board 3: made-up figures" in report["power"]["source"]
+    assert not any(s["found"] for s in report["sensors"])
+    assert ToyMeter.hint in report["hints"]
+
+
+def test_each_kind_has_one_record():
+    # The reader choice and the doctor find a board's record by its kind.
+    kinds = [board.kind for board in boards.BOARDS]
+    assert len(kinds) == len(set(kinds))
