@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 
 from edge_lbp.core import ort_names
+from edge_lbp.core.defaults import OPTIMIZERS
 from edge_lbp.runtime.lora import LORA_A, LORA_B
 
 TRAINABLE_CHOICES = ("all", "last:K", "bias", "head", "lora:R")
-OPTIMIZERS = ("adamw", "sgd")
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
 # Parameter names (torch state_dict names survive the export as initializer names): export.models and timm name
