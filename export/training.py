@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 
 from edge_lbp.core import ort_names
+from edge_lbp.core.defaults import OPTIMIZERS
 
-OPTIMIZERS = ("adamw", "sgd")
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_lbp.cli import options
 from edge_lbp.core import defaults, packaged
 
 BACKBONE = packaged.BACKBONE
@@ -162,6 +163,21 @@ def _energy(sampler, steps: int, samples: int) -> str:
     kind = "estimate" if report.estimate else "measured"
     return (f"{report.joules:.1f} J over {report.seconds:.0f} s ({kind}, {report.boundary}): "
             f"{report.joules / steps:.2f} J per step, {1e3 * report.joules / samples:.1f} mJ per sample")
+
+
+def add_parser(commands) -> None:
+    cmd = commands.add_parser(
+        "demo", help="export the bundled backbone with LBP and adapt it to a generated task (the main job)",
+        description="Adapt the bundled pretrained ViT to a new task on this machine and report accuracy before and "
+                    "after, step latency, peak memory and energy. Without options it needs nothing but this package.")
+    cmd.add_argument("--data", metavar="PATH", help="adapt to this image folder instead of the generated task")
+    cmd.add_argument("--artifact", metavar="DIR", help="adapt this exported artifact (no export extra needed)")
+    cmd.add_argument("--epochs", type=options.count, metavar="E", help="training epochs (default: the demo's own)")
+    # The bundled backbone trains by backprop with every parameter: of the method options, only these apply.
+    options.add_method_options(cmd, ("--lbp", "--block"))
+    options.add_threads(cmd)
+    options.add_seed(cmd)
+    cmd.set_defaults(run=run)
 
 
 def run(args) -> int:

@@ -181,6 +181,12 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def add_parser(commands) -> None:
+    cmd = commands.add_parser("doctor", help="what this machine offers: board, cores, sensors, Numba, engines")
+    cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    cmd.set_defaults(run=run)
+
+
 def run(args) -> int:
     report = full_report()
     print(json.dumps(report, indent=1) if args.json else format_report(report))

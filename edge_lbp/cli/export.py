@@ -2,7 +2,33 @@
 import importlib.util
 import sys
 
-from edge_lbp.cli import say
+from edge_lbp.cli import options
+from edge_lbp.core.defaults import OPTIMIZERS
+
+
+def add_parser(commands) -> None:
+    cmd = commands.add_parser(
+        "export", help="model -> artifact folder (ONNX training graphs with LBP-WHT, parameters, manifest)",
+        description="Export a model to an artifact folder for on-device training (workstation only: needs the "
+                    "'export' extra).")
+    cmd.add_argument("model", metavar="MODEL",
+                     help="a .onnx file, a built-in preset (e.g. vit-tiny), package.module:factory, or "
+                          "hf:PATH (a Hugging Face checkpoint folder)")
+    cmd.add_argument("-o", "--out", required=True, metavar="DIR", help="artifact folder to write")
+    options.add_method_options(cmd)
+    cmd.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS, help="(default: %(default)s)")
+    cmd.add_argument("--lr", type=options.positive, default=1e-3, metavar="X",
+                     help="learning rate (default: %(default)s)")
+    cmd.add_argument("--input-shape", metavar="C,H,W", help="input image shape (default: the model's own)")
+    cmd.add_argument("--num-classes", type=int, metavar="N", help="number of classes (presets, factories, hf:PATH)")
+    cmd.add_argument("--grid", metavar="HxW", help="token grid of the rewritten layers (default: inferred)")
+    cmd.add_argument("--extra-tokens", type=int, metavar="E", help="tokens before the grid (CLS, distillation)")
+    cmd.set_defaults(run=run)
+
+
+def _say(text: str) -> None:
+    """A progress line on stderr, prefixed like the error lines."""
+    print(f"edge-lbp: {text}", file=sys.stderr, flush=True)
 
 
 def run(args) -> int:
@@ -14,7 +40,7 @@ def run(args) -> int:
     from edge_lbp.methods import export_model
 
     # Progress lines only on a terminal: when stderr is captured, an error must be its only line.
-    progress = say if sys.stderr.isatty() else None
+    progress = _say if sys.stderr.isatty() else None
     report = export_model(
         args.model, args.out, lbp=args.lbp, train=args.train, optimizer=args.optimizer, lr=args.lr,
         input_shape=parse_shape(args.input_shape) if args.input_shape else None,

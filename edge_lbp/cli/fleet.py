@@ -8,11 +8,97 @@ import sys
 import time
 from pathlib import Path
 
-from edge_lbp.fleet import APP_DIR, require_flower
+from edge_lbp.cli import options
+
+
+def add_parser(commands) -> None:
+    """``fleet`` and its subcommands, each run by the handler of its name below."""
+    fleet = commands.add_parser(
+        "fleet", help="federated adaptation across boards with Flower (needs the 'fleet' extra)",
+        description="Several boards adapt one model together without sharing images: Flower's FedAvg over the "
+                    "artifact's trainable parameters, each board training with the Trainer on its own data.")
+    sub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
+    cmd = sub.add_parser("local", help="a SuperLink and N SuperNodes on this machine (127.0.0.1), one run",
+                         description="A real Flower deployment on the loopback interface: each SuperNode trains on "
+                                     "its own part of --data; prints the global validation accuracy every round.")
+    cmd.add_argument("artifact", metavar="ARTIFACT")
+    cmd.add_argument("--data", required=True, metavar="PATH",
+                     help="image folder or .npz; its train split is divided among the SuperNodes, its val split "
+                          "is the global validation set (and each node's part of it, its local one)")
+    cmd.add_argument("--clients", type=int, default=3, metavar="N", help="SuperNodes (default: %(default)s)")
+    cmd.add_argument("--rounds", type=int, default=3, metavar="R", help="(default: %(default)s)")
+    cmd.add_argument("--partition", default="iid", choices=("iid", "class"),
+                     help="iid: a seeded random deal; class: node i gets the classes l with l %% N == i "
+                          "(default: %(default)s)")
+    # Not the shared --threads: here it is per SuperNode, and 1 by default since the nodes share the cores.
+    cmd.add_argument("--threads", type=int, default=1, metavar="T",
+                     help="threads per SuperNode (default: %(default)s: the nodes share this machine's cores)")
+    cmd.add_argument("--out", default="fleet-out", metavar="DIR",
+                     help="round-<r>/ (checkpoint + model.onnx), rounds.jsonl, logs/ (default: %(default)s)")
+    cmd.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="stop the whole run after S seconds")
+    _add_round_options(cmd)
+    cmd.set_defaults(run=local)
+
+    cmd = sub.add_parser("superlink", help="start Flower's SuperLink (the server; the ServerApp runs beside it)")
+    cmd.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    cmd.add_argument("--port", type=int, default=9093, help="(default: %(default)s)")
+    cmd.add_argument("--ssl-certfile", metavar="PEM")
+    cmd.add_argument("--ssl-keyfile", metavar="PEM")
+    _add_insecure(cmd)
+    cmd.set_defaults(run=superlink)
+
+    cmd = sub.add_parser("supernode", help="start Flower's SuperNode on this board, training on its own data")
+    cmd.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    cmd.add_argument("--artifact", required=True, metavar="DIR", help="the artifact folder on this board")
+    cmd.add_argument("--data", required=True, metavar="PATH", help="this board's image folder or .npz")
+    cmd.add_argument("--val", metavar="PATH", help="local validation data (default: the val split of --data)")
+    options.add_threads(cmd)
+    cmd.add_argument("--port", type=int, default=9094, metavar="P",
+                     help="the SuperNode's own API on 127.0.0.1 (default: %(default)s; one per SuperNode)")
+    _add_client_tls(cmd)
+    cmd.set_defaults(run=supernode)
+
+    cmd = sub.add_parser("run", help="start a federated run on a SuperLink (flwr run with this project's app)")
+    cmd.add_argument("artifact", metavar="ARTIFACT", help="the artifact folder, as a path on the SuperLink machine")
+    cmd.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    cmd.add_argument("--val", metavar="PATH", help="global validation data, a path on the SuperLink machine")
+    cmd.add_argument("--rounds", type=int, default=3, metavar="R", help="(default: %(default)s)")
+    cmd.add_argument("--min-nodes", type=int, default=2, metavar="N",
+                     help="boards connected before a round starts (default: %(default)s)")
+    cmd.add_argument("--out", default="fleet-out", metavar="DIR",
+                     help="the global models, a path on the SuperLink machine (default: %(default)s)")
+    _add_client_tls(cmd)
+    _add_round_options(cmd)
+    cmd.set_defaults(run=run)
+
+    cmd = sub.add_parser("app", help="print the folder of the Flower App (for flwr run)")
+    cmd.set_defaults(run=app)
+
+
+def _add_round_options(cmd) -> None:
+    cmd.add_argument("--epochs", type=int, default=1, metavar="E", help="local epochs per round (default: 1)")
+    options.add_batch_size(cmd)
+    cmd.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default: the artifact's)")
+    options.add_seed(cmd, help="round r trains with seed + r - 1 (default: 0)")
+
+
+def _add_insecure(cmd) -> None:
+    cmd.add_argument("--insecure", action="store_true", help="no TLS (a trusted network only)")
+
+
+def _add_client_tls(cmd) -> None:
+    cmd.add_argument("--root-certificates", metavar="PEM", help="the SuperLink's CA certificate")
+    _add_insecure(cmd)
+
+
+def _require_flower() -> None:
+    from edge_lbp.fleet import require_flower  # edge_lbp.fleet reads data (onnx): not when building the parser
+
+    require_flower()
 
 
 def local(args) -> int:
-    require_flower()
+    _require_flower()
     from edge_lbp.fleet.local import LocalFleet
 
     fleet = LocalFleet(args.artifact, args.data, clients=args.clients, rounds=args.rounds, out=args.out,
@@ -31,12 +117,14 @@ def local(args) -> int:
 
 
 def app(args) -> int:
+    from edge_lbp.fleet import APP_DIR
+
     print(APP_DIR)
     return 0
 
 
 def superlink(args) -> int:
-    require_flower()
+    _require_flower()
     from edge_lbp.fleet.local import flower_executable
 
     command = [flower_executable("flower-superlink"), "--host", args.host, "--port", str(args.port),
@@ -45,7 +133,7 @@ def superlink(args) -> int:
 
 
 def supernode(args) -> int:
-    require_flower()
+    _require_flower()
     from edge_lbp.fleet.local import flower_executable, node_config
 
     settings = {"artifact": str(Path(args.artifact).resolve()), "data": str(Path(args.data).resolve())}
@@ -60,9 +148,10 @@ def supernode(args) -> int:
 
 
 def run(args) -> int:
-    require_flower()
     import json
 
+    _require_flower()
+    from edge_lbp.fleet import APP_DIR
     from edge_lbp.fleet.local import flower_executable, write_flower_home
 
     if not (args.insecure or args.root_certificates):

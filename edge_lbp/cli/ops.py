@@ -1,11 +1,16 @@
 """``edge-lbp ops``: the ops the numba engine runs, generated from the kernel registry (the README's op table is
 this command's output; a test keeps the two equal)."""
-from edge_lbp.runtime import registry
+
+
+def add_parser(commands) -> None:
+    cmd = commands.add_parser("ops", help="the ONNX ops the device engine runs (from its kernel registry)")
+    cmd.set_defaults(run=run)
 
 
 def table() -> str:
     """A Markdown table: one row per domain, with the opset versions the kernels implement and the ops."""
     import edge_lbp.runtime.kernels  # noqa: F401  (registers every kernel)
+    from edge_lbp.runtime import registry
 
     by_domain = {}
     for domain, op in registry.supported():

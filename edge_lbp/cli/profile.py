@@ -2,14 +2,32 @@
 the Chrome trace and the figure."""
 import sys
 import warnings
-import edge_lbp
-from edge_lbp.data import endless_batches, random_batches
-from edge_lbp.core.files import check_writable
-from edge_lbp.profile_report import summary
-from edge_lbp.profiler import profile
+
+from edge_lbp.cli import options
+
+
+def add_parser(commands) -> None:
+    cmd = commands.add_parser("profile", help="time, memory and energy of training steps, per phase and op",
+                              description="Profile training steps of an artifact: latency per step, phase and "
+                                          "op type; peak memory; power and energy from the board's sensors.")
+    cmd.add_argument("artifact", metavar="ARTIFACT")
+    cmd.add_argument("--steps", type=options.count, default=10, metavar="N", help="measured steps (default: %(default)s)")
+    cmd.add_argument("--warmup", type=options.count0, default=3, metavar="W",
+                     help="unmeasured steps (default: %(default)s)")
+    options.add_data_options(cmd, required=False)
+    cmd.add_argument("--rate", type=options.positive, default=10.0, metavar="HZ",
+                     help="sensor sampling (default: 10 Hz)")
+    cmd.add_argument("--out", default="profile", metavar="DIR", help="report folder (default: %(default)s)")
+    cmd.set_defaults(run=run)
 
 
 def run(args) -> int:
+    import edge_lbp
+    from edge_lbp.core.files import check_writable
+    from edge_lbp.data import endless_batches, random_batches
+    from edge_lbp.profile_report import summary
+    from edge_lbp.profiler import profile
+
     check_writable(args.out, folder=True)  # before the steps, not after them
     session = edge_lbp.load(args.artifact, args.engine, threads=args.threads)
     manifest = session.artifact.manifest

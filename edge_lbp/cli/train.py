@@ -2,14 +2,54 @@
 import contextlib
 import sys
 
-from edge_lbp.checkpoint import has_checkpoint, locked
-from edge_lbp.data import open_dataset
-from edge_lbp.core.files import check_writable
-from edge_lbp.methods import export_inference
-from edge_lbp.trainer import Trainer
+from edge_lbp.cli import options
+from edge_lbp.schedule import SCHEDULES
+
+
+def add_parser(commands) -> None:
+    """Two commands: ``train`` and ``eval``."""
+    cmd = commands.add_parser("train", help="adapt an artifact to an image folder or .npz, with checkpoints",
+                              description="Train an exported artifact on your data; resumable.")
+    cmd.add_argument("artifact", metavar="ARTIFACT", help="artifact folder made by `edge-lbp export`")
+    options.add_data_options(cmd, required=True)
+    cmd.add_argument("--val", metavar="PATH", help="validation data (default: none)")
+    cmd.add_argument("--epochs", type=options.count, default=10, metavar="E", help="(default: %(default)s)")
+    cmd.add_argument("--lr", type=options.positive, metavar="X", help="peak learning rate (default: the artifact's)")
+    cmd.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="(default: %(default)s)")
+    cmd.add_argument("--warmup-steps", type=options.count0, default=0, metavar="N", help="linear warm-up (default: 0)")
+    cmd.add_argument("--accumulate", type=options.count, default=1, metavar="K", help="batches per update (default: 1)")
+    cmd.add_argument("--clip-norm", type=options.positive, metavar="X",
+                     help="clip the gradient norm to X (numba engine)")
+    cmd.add_argument("--no-augment", action="store_true", help="no random crops and flips of the training images")
+    cmd.add_argument("--checkpoint", metavar="DIR",
+                     help="save a checkpoint here after every epoch and on Ctrl-C (at the next update)")
+    cmd.add_argument("--resume", action="store_true",
+                     help="continue from the checkpoint in --checkpoint (its hyper-parameters, data position)")
+    cmd.add_argument("--export-onnx", metavar="PATH", help="write the adapted model as an inference ONNX file")
+    cmd.add_argument("--max-rejected", type=options.count, default=10, metavar="N",
+                     help="stop after N steps in a row with a non-finite loss or gradient (default: %(default)s)")
+    options.add_seed(cmd)
+    zo = cmd.add_argument_group("zo-hybrid artifacts (defaults: edge_lbp.core.zo.ZOConfig)")
+    zo.add_argument("--zo-eps", type=options.positive, metavar="X", help="SPSA perturbation scale (default: 1e-3)")
+    zo.add_argument("--zo-probes", type=options.count, metavar="N", help="SPSA probes per step (default: 1)")
+    zo.add_argument("--zo-lr", type=options.non_negative, metavar="X",
+                    help="peak learning rate of the ZO part, plain SGD, same schedule (default: 1e-4)")
+    cmd.set_defaults(run=train)
+
+    cmd = commands.add_parser("eval", help="loss and accuracy of an artifact (or a checkpoint) on data")
+    cmd.add_argument("artifact", metavar="ARTIFACT")
+    options.add_data_options(cmd, required=True)
+    cmd.add_argument("--checkpoint", metavar="DIR", help="evaluate the parameters saved here")
+    cmd.add_argument("--split", default="val", metavar="NAME",
+                     help="folder: PATH/NAME if it exists; .npz: x_NAME/y_NAME, x_test for val, else x/y "
+                          "(default: %(default)s)")
+    cmd.set_defaults(run=evaluate)
 
 
 def train(args) -> int:
+    from edge_lbp.checkpoint import locked
+    from edge_lbp.core.files import check_writable
+
     # Everything that could fail after the run fails now: a second writer on the checkpoint folder, an output
     # path that cannot be written.
     if args.export_onnx:
@@ -21,6 +61,11 @@ def train(args) -> int:
 
 
 def _train(args) -> int:
+    from edge_lbp.checkpoint import has_checkpoint
+    from edge_lbp.data import open_dataset
+    from edge_lbp.methods import export_inference
+    from edge_lbp.trainer import Trainer
+
     if args.resume:
         if not args.checkpoint:
             raise ValueError("--resume needs --checkpoint DIR (the folder to continue from)")
@@ -70,6 +115,9 @@ def _zo_options(args):
 
 
 def evaluate(args) -> int:
+    from edge_lbp.data import open_dataset
+    from edge_lbp.trainer import Trainer
+
     trainer = Trainer(args.artifact, engine=args.engine, threads=args.threads)
     classes = trainer.load_parameters(args.checkpoint)["classes"] if args.checkpoint else None
     data = open_dataset(args.data, trainer.manifest, split=args.split, classes=classes)

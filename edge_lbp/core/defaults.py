@@ -1,5 +1,6 @@
-"""The LBP settings an export uses when the user names none: one place for the CLI, ``export_model``, the demo
-and the core's own defaults (importable without numpy, so the CLI's parser can show them)."""
+"""The LBP settings an export uses when the user names none, and the optimizers it can build: one place for the
+CLI, ``export_model``, the demo and the core's own defaults (importable without numpy, so the CLI's parser can
+show them)."""
 
 SELECTION = "lp-tri:4"  # the paper's default: bases (u, v) with u + v < 4, r = 10
 BLOCK = 8  # WHT block side in tokens (the paper's 8x8; a grid smaller than the block gets the smallest covering one)
@@ -8,3 +9,4 @@ MIN_BLOCKS = 4  # what ViT-B/16 at 224 px keeps with block 8 (a 14x14 grid padde
 EXPORT_BLOCK = AUTO  # what an export uses by default (README "Adaptation accuracy": the measurements behind it)
 ENERGY_EVERY = 8  # energy:r measures each layer's output-gradient energy, and re-selects, every this many passes
 ENERGY_DECAY = 0.8  # weight of the running average's past at each measurement
+OPTIMIZERS = ("adamw", "sgd")  # what an export can put in the optimizer graph (export.training builds them)

@@ -9,10 +9,11 @@ it applies to whatever backprop a method does (``--lbp``, :mod:`edge_lbp.methods
 """
 from __future__ import annotations
 
-from typing import ClassVar, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, ClassVar, Dict, Iterable, List, Optional, Tuple
 
-import numpy as np
-import onnx
+if TYPE_CHECKING:  # the CLI's parser reads the methods' spellings: no numpy or onnx at import
+    import numpy as np
+    import onnx
 
 
 class Method:
