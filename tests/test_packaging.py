@@ -158,14 +158,15 @@ def test_readme_folder_table_matches_the_tree():
     table = text[text.index("| folder | installed as |"):]
     table = table[:table.index("\n\n")]
     rows = dict(re.findall(r"^\| `([\w/]+)/` \| (?:`([\w.]+)`|—) \|", table, re.M))
-    packages = {"edge_lbp": "edge_lbp", "edge_lbp/cli": "edge_lbp.cli", "edge_lbp/fleet": "edge_lbp.fleet",
-                "export": "edge_lbp.export",
+    packages = {"edge_lbp": "edge_lbp", "edge_lbp/core": "edge_lbp.core", "edge_lbp/methods": "edge_lbp.methods",
+                "edge_lbp/cli": "edge_lbp.cli", "edge_lbp/fleet": "edge_lbp.fleet", "export": "edge_lbp.export",
                 "runtime": "edge_lbp.runtime", "devices": "edge_lbp.devices", "tests": ""}
     assert rows == packages
     for folder in rows:
         assert (ROOT / folder).is_dir(), folder
     named = set(re.findall(r"`(\w+)`", table))
-    for module in list((ROOT / "runtime").glob("*.py")) + list((ROOT / "edge_lbp" / "cli").glob("*.py")):
+    listed = ("runtime", "edge_lbp/core", "edge_lbp/methods", "edge_lbp/cli")
+    for module in [path for folder in listed for path in (ROOT / folder).glob("*.py")]:
         if module.stem != "__init__":
             assert module.stem in named, f"{module} is not in the README's folder table"
 
