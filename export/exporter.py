@@ -117,7 +117,7 @@ def export_artifact(model, out_dir, *, method, lbp, optimizer="adamw", lr=1e-3, 
         with _native_stderr_silenced():
             result = training.generate_training_artifacts(forward, tmp, trainable, frozen, optimizer=optimizer)
             if eval_forward is not None:
-                _replace_eval_graph(eval_forward, tmp, trainable, frozen, optimizer)
+                _replace_eval_graph(eval_forward, tmp, method, optimizer)
         training_graph = onnx.load(result["training_model.onnx"])
         record = method.record(forward, training_graph, frozen)
         say(f"LBP rewrite ({lbp.spec})")
@@ -135,10 +135,12 @@ def export_artifact(model, out_dir, *, method, lbp, optimizer="adamw", lr=1e-3, 
                   manifest=manifest)
 
 
-def _replace_eval_graph(eval_forward, ort_dir, trainable, frozen, optimizer):
+def _replace_eval_graph(eval_forward, ort_dir, method, optimizer):
     """The eval graph from the eval-mode export: ORT derives it from the training-mode forward, where drop-path
     would draw random numbers at every evaluation. Parameter names are the same in both exports."""
     with tempfile.TemporaryDirectory(prefix="edge_lbp_eval_") as tmp:
+        # Split on the eval-mode graph itself: its initializers need not be the training-mode graph's.
+        trainable, frozen = method.split(training.parameter_names(eval_forward), eval_forward)
         training.generate_training_artifacts(eval_forward, tmp, trainable, frozen, optimizer=optimizer)
         shutil.copyfile(Path(tmp) / "eval_model.onnx", Path(ort_dir) / "eval_model.onnx")
 
