@@ -64,7 +64,7 @@ def check_artifact(folder):
 @pytest.mark.parametrize("name,lbp,train", CASES)
 def test_family_lbp_trainable_set(tmp_path, name, lbp, train):
     out = tmp_path / "art"
-    report = export_model(name, out, lbp=lbp, train=train)
+    report = export_model(name, out, lbp=lbp, method=train)
     manifest = check_artifact(out)
     assert manifest["model"]["source"] == name and manifest["trainable_set"] == train
     assert manifest["lbp"]["default"] == lbp and manifest["lbp"]["layers"] == report.layers
