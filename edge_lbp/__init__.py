@@ -7,18 +7,8 @@ additionally needs torch and onnxruntime-training, imported lazily where they ar
 ``edge_lbp.load(artifact_dir)`` (device) opens it for training; ``edge_lbp.Trainer(artifact_dir)``
 (device) trains it on data with schedules, accumulation, clipping and checkpoints.
 """
-import os as _os
-
-# The source tree keeps export/, runtime/ and devices/ beside this folder (the product's layout); an installed copy
-# has them inside it. Run from a checkout, Python imports this folder ahead of any installed copy, so point the
-# package's search path at the checkout's root too: edge_lbp.runtime then means <root>/runtime, as setup.cfg maps it.
-_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if not _os.path.isdir(_os.path.join(__path__[0], "runtime")) and _os.path.isfile(
-        _os.path.join(_root, "runtime", "__init__.py")):
-    __path__.append(_root)
-
-from edge_lbp._version import __version__  # noqa: E402
-from edge_lbp.core import config  # noqa: E402
+from edge_lbp._version import __version__
+from edge_lbp.core import config
 
 config.apply_process_settings()
 

@@ -76,10 +76,9 @@ def test_every_command_shown_parses(page, line, argv):
 
 
 def _run(line, cwd):
-    """Run a command exactly as a page shows it, as `python -m edge_lbp` in `cwd`, with this checkout's package."""
+    """Run a command exactly as a page shows it, as `python -m edge_lbp` in `cwd`, with the installed package."""
     assert line in {shown for _, shown, _ in COMMANDS}, f"`{line}` is no longer in the docs"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-m", "edge_lbp", *shlex.split(line)[1:]], cwd=cwd, env=env,
+    result = subprocess.run([sys.executable, "-m", "edge_lbp", *shlex.split(line)[1:]], cwd=cwd,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"`{line}` exited {result.returncode}:\n{result.stdout[-2000:]}\n" \
                                    f"{result.stderr[-3000:]}"

@@ -88,8 +88,10 @@ def test_core_install_alone_runs_the_device_path(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "loaded: [] (3, 4)" in result.stdout
     assert "absent: ['torch', 'onnxruntime']" in result.stdout
+    # Run from outside the checkout, so that the installed package is the one imported (from the root, the source
+    # folder edge_lbp/ would come first and, installed for real, has no runtime/ inside).
     suite = subprocess.run([python, "-m", "pytest", str(ROOT / "tests"), "-m", "not slow", "-q", "-p",
-                            "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                            "no:cacheprovider"], cwd=tmp_path, capture_output=True, text=True, timeout=1800,
                            env=dict(env, NUMBA_CACHE_DIR=str(tmp_path / "numba")))
     assert suite.returncode == 0, suite.stdout[-5000:]
     assert re.search(r"\d+ passed", suite.stdout.splitlines()[-1]), suite.stdout[-2000:]
@@ -112,8 +114,9 @@ def _sample_photos(folder, classes=("cat", "dog"), per_class=6):
 
 @pytest.mark.slow
 def test_readme_python_examples_run_from_the_repository_root(tmp_path):
-    """A user's clone, the README's non-editable install, and every README Python example run from the clone's root
-    (where the source folder `edge_lbp/` shadows the installed package)."""
+    """A user's clone, the README's editable install, and every README Python example run from the clone's root
+    (where the source folder `edge_lbp/` comes first on the path: setup.cfg's package_dir, through the editable
+    install, maps edge_lbp.runtime to runtime/; the package adds nothing to its own search path)."""
     pytest.importorskip("torch", reason="the examples export with the workstation extra")
     clone = tmp_path / "clone"
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -125,7 +128,7 @@ def test_readme_python_examples_run_from_the_repository_root(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    # The package itself installs for real (not editable); its requirements come from this environment's
+    # The package installs editable, as the README says; its requirements come from this environment's
     # site-packages, which a .pth adds behind the venv's own (no second torch download).
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
@@ -133,8 +136,8 @@ def test_readme_python_examples_run_from_the_repository_root(tmp_path):
 
     Path(site, "parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(clone)], capture_output=True,
-                             text=True, env=env, timeout=1200)
+    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(clone)],
+                             capture_output=True, text=True, env=env, timeout=1200)
     assert install.returncode == 0, install.stderr[-3000:]
 
     def run(args):
