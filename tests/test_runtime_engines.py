@@ -97,7 +97,7 @@ def test_training_step_on_the_device_path_alone(artifacts, tmp_path):
     code = BLOCK_WORKSTATION + textwrap.dedent(f"""
         import sys
         import numpy as np
-        import edge_lbp.runtime as runtime
+        import edge_lbp
         session = edge_lbp.load({str(folder)!r}, "numba")
         rng = np.random.default_rng(0)
         x, y = rng.standard_normal((2, 3, 32, 32)).astype(np.float32), np.array([1, 2])
