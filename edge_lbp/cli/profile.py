@@ -11,7 +11,8 @@ def add_parser(commands) -> None:
                               description="Profile training steps of an artifact: latency per step, phase and "
                                           "op type; peak memory; power and energy from the board's sensors.")
     cmd.add_argument("artifact", metavar="ARTIFACT")
-    cmd.add_argument("--steps", type=options.count, default=10, metavar="N", help="measured steps (default: %(default)s)")
+    cmd.add_argument("--steps", type=options.count, default=10, metavar="N",
+                     help="measured steps (default: %(default)s)")
     cmd.add_argument("--warmup", type=options.count0, default=3, metavar="W",
                      help="unmeasured steps (default: %(default)s)")
     options.add_data_options(cmd, required=False)
