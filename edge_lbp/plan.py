@@ -23,9 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
-from edge_lbp.core import ort_names
 from edge_lbp.methods.partial import last_blocks
-from edge_lbp.runtime.graph import LiveBytes
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
           "K": 2**10, "M": 2**20, "G": 2**30}
@@ -53,36 +51,33 @@ class Row:
         return baseline + self.step + self.state
 
 
-class _Snapshot(LiveBytes):
-    """LiveBytes that also records, when step ``at`` is done, the bytes held per block (by producing step)."""
-
-    def __init__(self, at: int, blocks):
-        super().__init__()
-        self.at, self.blocks, self.by_block, self._index, self._producer = at, blocks, {}, 0, {}
-
-    def count(self, step, values, feeds, constants) -> None:
-        for slot in step.outputs:
-            self._producer.setdefault(slot, self._index)
-        super().count(step, values, feeds, constants)
-        if self._index == self.at:
-            for slot, size in self.held():
-                block = self.blocks[self._producer[slot]]
-                self.by_block[block] = self.by_block.get(block, 0) + size
-        self._index += 1
-
-
-def _blocks_of(steps):
-    """The block index of each step (``None`` outside the blocks); a fused node without a scope name takes the
+def _blocks_of(names):
+    """The block index of each node (``None`` outside the blocks); a fused node without a scope name takes the
     block of the named node before it."""
     blocks, current = [], None
-    for step in steps:
-        match = _BLOCK.search(step.name)
+    for name in names:
+        match = _BLOCK.search(name)
         if match:
             current = int(match.group(1))
-        elif step.name.startswith("/"):
+        elif name.startswith("/"):
             current = None
         blocks.append(current)
     return blocks
+
+
+def _held_by_block(session, batch):
+    """Bytes the outputs of each block's nodes hold when the backward starts, at ``batch`` (from probes at batch 1
+    and 2, extrapolated per block)."""
+    held = []
+    for probe in (1, 2):
+        nodes = session.held_at_backward_start(probe)
+        by_block = {}
+        for block, (_, size) in zip(_blocks_of([name for name, _ in nodes]), nodes):
+            if size:
+                by_block[block] = by_block.get(block, 0) + size
+        held.append(by_block)
+    return {b: held[0].get(b, 0) + max(0, held[1].get(b, 0) - held[0].get(b, 0)) * (batch - 1)
+            for b in set(held[0]) | set(held[1])}
 
 
 def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
@@ -97,23 +92,17 @@ def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
     session.eval_step(rng.random((1, *shape), np.float32))
     baseline = psutil.Process().memory_info().rss
     inference = session.eval_bytes(batch)
-    copies = 1 + sum(1 for f in session.optimizer.feeds if ort_names.is_moment(f))
-    size = {n: a.nbytes for n, a in session.params.items()}
+    copies = 1 + len(session.optimizer.moments)
+    size = {n: a.nbytes for n, a in session.state.parameters().items()}
+    trainable = session.artifact.trainable
     method = training_method(manifest)
     own = session.step_bytes(batch)
-    own_state = copies * sum(size[n] for n in session.trainable) + getattr(session, "_draw_bytes", 0)
+    own_state = copies * sum(size[n] for n in trainable) + session.extra_state_bytes()
     name = _method_name(manifest, method)
     rows = [Row("inference", inference, 0, True), Row(name, own, own_state, True)]
-    if method["name"] != "backprop" or set(session.trainable) != set(size):
+    if method["name"] != "backprop" or set(trainable) != set(size):
         return baseline, rows  # the per-block split needs a step that backpropagates through every block
-    blocks, held, passes = _blocks_of(session.training.steps), [], session._passes
-    for probe in (1, 2):
-        meter = _Snapshot(session._backward_start - 1, blocks)
-        session.forward_backward(np.zeros((probe, *shape), np.float32), np.zeros(probe, np.int64), meter=meter)
-        held.append(meter.by_block)
-    session._passes = passes
-    by_block = {b: held[0].get(b, 0) + max(0, held[1].get(b, 0) - held[0].get(b, 0)) * (batch - 1)
-                for b in set(held[0]) | set(held[1])}
+    by_block = _held_by_block(session, batch)
     stash = sum(by_block.values())
     working = max(0, own - stash)
     depth = 1 + max((b for b in by_block if b is not None), default=-1)
@@ -124,36 +113,11 @@ def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
         zo_params = [n for n in size if n not in trained]
         rows.append(Row(f"zo-hybrid:{zo_blocks}", max(inference, kept + working),
                         copies * sum(size[n] for n in trained) + max((size[n] for n in zo_params), default=0), False))
-    tokens = _block_output_bytes(session, batch, shape)
+    # one block's output (the first block's last node, its residual sum)
+    tokens = session.node_output_bytes("/blocks.0/", batch)
     if tokens:
         rows.append(Row("side", inference + depth * tokens, 0, False))
     return baseline, rows
-
-
-def _block_output_bytes(session, batch, shape):
-    """Bytes of one block's output at ``batch`` (the first block's last node, its residual sum), or 0 when the
-    eval graph has no ``/blocks.0/`` node."""
-    steps = [i for i, step in enumerate(session.eval.steps) if step.name.startswith("/blocks.0/")]
-    if not steps:
-        return 0
-    sizes = []
-    session.eval.run({**session._feeds(np.zeros((1, *shape), np.float32)), **session.params},
-                     meter=_Output(steps[-1], sizes))
-    return sizes[0] * batch if sizes else 0
-
-
-class _Output(LiveBytes):
-    """Records the byte size of step ``at``'s first output."""
-
-    def __init__(self, at: int, sizes: list):
-        super().__init__()
-        self.at, self.sizes, self._index = at, sizes, 0
-
-    def count(self, step, values, feeds, constants) -> None:
-        if self._index == self.at and step.outputs and isinstance(values[step.outputs[0]], np.ndarray):
-            self.sizes.append(values[step.outputs[0]].nbytes)
-        self._index += 1
-        super().count(step, values, feeds, constants)
 
 
 def _method_name(manifest, method) -> str:

@@ -111,7 +111,7 @@ class Profiler:
             loss = self.session.forward_backward(inputs, labels, trace=spans,
                                                  on_forward_end=lambda: self._mark("forward"))
             self._mark("backward" if marks else "forward_backward")
-            self.session.optimizer_step(trace=spans)
+            self.session.optimizer.step(trace=spans)
             self._mark("optimizer")
         finally:
             self._marks = None

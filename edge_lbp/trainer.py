@@ -62,12 +62,12 @@ class Trainer:
         import edge_lbp
 
         self.session = edge_lbp.load(artifact_dir, engine, threads=threads, seed=seed, zo=zo)
-        self.zo = self.session.zo.record() if hasattr(self.session, "zo") else None
+        self.zo = self.session.zo.record() if self.session.zo is not None else None
         if clip_norm is not None and not self.session.capabilities.gradients:
             raise ValueError(f"clip_norm needs the numba engine: the {self.session.engine} engine keeps its "
                              "gradients inside ONNX Runtime, out of reach for scaling")
         self.artifact_dir = str(Path(artifact_dir).resolve())
-        self.peak_lr = float(lr) if lr is not None else self.session.lr
+        self.peak_lr = float(lr) if lr is not None else self.session.optimizer.lr
         self.schedule, self.warmup_steps, self.total_steps = schedule, int(warmup_steps), total_steps
         self.accumulate, self.clip_norm, self.seed = int(accumulate), clip_norm, int(seed)
         self.max_rejected = int(max_rejected)
@@ -132,25 +132,13 @@ class Trainer:
     def _update(self) -> None:
         self.session.check_finite()  # raises before anything is scaled or updated
         scale = 1.0 / self._micro  # the engines sum micro-batch gradients; the update uses their mean
-        lr = self.lr
-        self.session.schedule_factor = lr / self.peak_lr
-        if not self.session.capabilities.gradients:
-            # ort: gradients stay inside ONNX Runtime. SGD's update is linear in them, so dividing the learning
-            # rate is exact; AdamW divides by the gradients' own scale, so their sum gives the same update.
-            if self.manifest["optimizer"]["name"] == "sgd":
-                lr *= scale
-        else:
-            grads = self.session.gradients()
-            if self.clip_norm is not None:
-                squares = sum(float(np.square(g, dtype=np.float64).sum()) for g in grads.values())
-                self.grad_norm = scale * math.sqrt(squares)
-                if self.grad_norm > self.clip_norm:
-                    scale *= self.clip_norm / self.grad_norm
-            if scale != 1.0:
-                for g in grads.values():
-                    g *= np.float32(scale)  # in place: these are the buffers the optimizer graph reads
-        self.session.lr = lr
-        self.session.optimizer_step()
+        if self.clip_norm is not None:  # the numba engine's (checked in __init__)
+            squares = sum(float(np.square(g, dtype=np.float64).sum()) for g in self.session.gradients().values())
+            self.grad_norm = scale * math.sqrt(squares)
+            if self.grad_norm > self.clip_norm:
+                scale *= self.clip_norm / self.grad_norm
+        self.session.optimizer.set_learning_rate(self.lr, peak=self.peak_lr)
+        self.session.optimizer.step(gradient_scale=scale)
         self.updates += 1
         self._micro = 0
 
@@ -308,11 +296,14 @@ class Trainer:
         self._check_checkpointable()
         if self._micro:
             raise ValueError(f"{self._micro} micro-batch(es) of an accumulation are pending; save after the update")
-        params, state = self.session.parameters(), self.session.optimizer_state()
-        tensors = {f"param/{n}": params[n] for n in self.session.trained}
-        for moment, arrays in state.items():
-            if moment != "step":
-                tensors.update((f"{moment}/{n}", a) for n, a in arrays.items())
+        training = self.session.state
+        params, state = training.parameters(), training.optimizer_state()
+        tensors = {f"param/{n}": params[n] for n in training.trained}
+        # Moments and the method's entries share one namespace of "<entry>/<name>" tensors (older checkpoints
+        # held the energy:r bases among the optimizer's entries, under the same names).
+        for entry, arrays in [*state.items(), *training.method_state().items()]:
+            if entry != "step":
+                tensors.update((f"{entry}/{n}", a) for n, a in arrays.items())
         metadata = {
             "artifact": self.artifact_dir,
             "artifact_fingerprint": self.session.artifact.fingerprint,
@@ -337,9 +328,10 @@ class Trainer:
             trainer._check_checkpointable()
             trainer._check_same_artifact(checkpoint_dir, meta, tensors)
             trainer._load_parameters(checkpoint_dir, tensors)
-            state = trainer.session.optimizer_state()  # its keys name what the checkpoint must hold
-            trainer.session.set_optimizer_state({"step": position["optimizer_step"], **{
-                m: {n: tensors[f"{m}/{n}"] for n in arrays} for m, arrays in state.items() if m != "step"}})
+            training = trainer.session.state  # its entries name what the checkpoint must hold
+            training.set_optimizer_state({"step": position["optimizer_step"],
+                                          **_saved(tensors, training.optimizer_state())})
+            training.set_method_state(_saved(tensors, training.method_state()))
             trainer.updates, trainer.epoch, trainer.batch = position["updates"], position["epoch"], position["batch"]
             trainer._running = dict(position["running"])
             trainer.classes, trainer.history = meta["classes"], list(meta["history"])
@@ -351,9 +343,9 @@ class Trainer:
         """A checkpoint resumes only the artifact it was saved from: another trainable set would drop (or
         invent) trained tensors, another graph would continue a different model."""
         saved = sorted(k[len("param/"):] for k in tensors if k.startswith("param/"))
-        if saved != sorted(self.session.trained):
+        if saved != sorted(self.session.state.trained):
             raise CheckpointError(f"{checkpoint_dir}: saved with {len(saved)} trainable tensors, {self.artifact_dir} "
-                                  f"trains {len(self.session.trained)} (another --train set?); resume "
+                                  f"trains {len(self.session.state.trained)} (another --train set?); resume "
                                   "with the artifact it was saved from")
         recorded = meta.get("artifact_fingerprint")
         if recorded is not None and recorded != self.session.artifact.fingerprint:
@@ -367,12 +359,12 @@ class Trainer:
         return meta
 
     def _load_parameters(self, checkpoint_dir, tensors) -> None:
-        names = self.session.trained
+        names = self.session.state.trained
         missing = [n for n in names if f"param/{n}" not in tensors]
         if missing:
             raise CheckpointError(f"{checkpoint_dir}: no values for parameters {missing[:3]} of "
                                   f"{self.artifact_dir} (saved from another artifact?)")
-        self.session.set_parameters({n: tensors[f"param/{n}"] for n in names})
+        self.session.state.set_parameters({n: tensors[f"param/{n}"] for n in names})
 
 
 def _check_position(position, checkpoint_dir) -> dict:
@@ -381,6 +373,11 @@ def _check_position(position, checkpoint_dir) -> dict:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise CheckpointError(f"{checkpoint_dir}: position {key} is {value!r}, not a count")
     return position
+
+
+def _saved(tensors, entries) -> dict:
+    """The checkpoint's ``<entry>/<name>`` tensors for each entry (but ``step``) of a state's ``entries``."""
+    return {e: {n: tensors[f"{e}/{n}"] for n in arrays} for e, arrays in entries.items() if e != "step"}
 
 
 def _fresh_epoch() -> dict:

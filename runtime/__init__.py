@@ -1,8 +1,10 @@
 """Device side: open an artifact folder with an engine and train it.
 
-``open_engine(artifact, engine="auto" | "numba" | "ort")`` returns a :class:`~edge_lbp.runtime.session.Session`
-(``train_step``, ``forward_backward``, ``optimizer_step``, ``eval_step``, ``parameters``, ``set_parameters``, a
-settable ``lr``, and the ``capabilities`` it declares). The numba engine imports numpy, numba, onnx and safetensors
+``open_engine(artifact, engine="auto" | "numba" | "ort")`` returns a :class:`~edge_lbp.runtime.session.Session`,
+split as ONNX Runtime's training API: the session runs steps (``train_step``, ``forward_backward``, ``eval_step``,
+``gradients``, the memory probe, the ``capabilities`` it declares), ``session.state`` holds what a checkpoint holds
+(``parameters``, ``set_parameters``, ``optimizer_state``, ``method_state``) and ``session.optimizer`` updates
+(``lr``, ``kind``, ``set_learning_rate``, ``step``). The numba engine imports numpy, numba, onnx and safetensors
 only; the ort engine needs onnxruntime-training.
 
 Modules: ``artifact`` (the folder's format, reader and verifier), ``session`` (the engine contract),

@@ -17,7 +17,7 @@ def inference_model(session, fold=None) -> onnx.ModelProto:
     into the weights they adapt: ``edge_lbp.methods``)."""
     artifact = session.artifact
     output = artifact.logits
-    model, params = artifact.inference_graph(), session.parameters()
+    model, params = artifact.inference_graph(), session.state.parameters()
     if fold is not None:
         model, params = fold(model, params)
     graph = model.graph

@@ -11,13 +11,48 @@ from typing import Dict, Mapping
 
 import numpy as np
 
+from edge_lbp.core import ort_names
 from edge_lbp.core.bases import is_adaptive
 from edge_lbp.core.artifact import Artifact
-from edge_lbp.runtime.session import Capabilities, Inputs, Session
+from edge_lbp.runtime.session import Capabilities, Inputs, Optimizer, Session, TrainingState
+
+
+class OrtState(TrainingState):
+    """ORT's ``CheckpointState``: the parameters; the optimizer's moments stay inside ONNX Runtime."""
+
+    def __init__(self, checkpoint, trained):
+        super().__init__(OrtSession.engine, trained)
+        self.checkpoint = checkpoint
+
+    def parameters(self) -> Dict[str, np.ndarray]:
+        # Iterating ORT's Parameters yields (name, Parameter) pairs.
+        return {name: np.array(param.data) for name, param in self.checkpoint.parameters}
+
+    def set_parameters(self, mapping: Mapping[str, np.ndarray]) -> None:
+        self.check_parameters(mapping, self.parameters())
+        for name, value in mapping.items():
+            self.checkpoint.parameters[name] = np.ascontiguousarray(value, dtype=np.float32)
+
+
+class OrtOptimizer(Optimizer):
+    """ORT's ``Optimizer``. The gradients stay inside ONNX Runtime, so a gradient scale goes into the learning
+    rate: SGD's update is linear in the gradients, so that is exact; AdamW divides by the gradients' own scale, so
+    it leaves the update as it is."""
+
+    def __init__(self, manifest, optimizer, moments):
+        super().__init__(manifest)
+        self.optimizer, self.moments = optimizer, moments
+
+    def step(self, *, gradient_scale: float = 1.0, trace=None) -> None:
+        self.optimizer.set_learning_rate(self.lr * gradient_scale if self.kind == "sgd" else self.lr)
+        start = time.perf_counter()
+        self.optimizer.step()
+        if trace is not None:
+            trace.append(("optimizer", "Optimizer", "optimizer graph", start, time.perf_counter()))
 
 
 class OrtSession(Session):
-    """Gradients and optimizer moments stay inside ONNX Runtime, and forward and backward run as one call."""
+    """ORT's ``Module``: forward and backward run as one call."""
 
     engine = "ort"
     capabilities = Capabilities(gradients=False, optimizer_state=False, forward_end_hook=False, node_trace=False,
@@ -38,49 +73,38 @@ class OrtSession(Session):
                              "which only the numba engine re-selects while training; use the numba engine")
         if "ort_checkpoint" not in manifest:
             raise ValueError(f"{artifact.folder}: this artifact has no ORT checkpoint; use the numba engine")
-        self.state = api.CheckpointState.load_checkpoint(str(artifact.path(manifest["ort_checkpoint"])))
-        self.module = api.Module(str(artifact.path(manifest["graphs"]["training"])), self.state,
-                             str(artifact.path(manifest["graphs"]["eval"])))
+        checkpoint = api.CheckpointState.load_checkpoint(str(artifact.path(manifest["ort_checkpoint"])))
+        self.state = OrtState(checkpoint, artifact.trainable)
+        self._module = api.Module(str(artifact.path(manifest["graphs"]["training"])), checkpoint,
+                                 str(artifact.path(manifest["graphs"]["eval"])))
         # Both engines start from the artifact's tensor file. (Before a Module exists, writing a parameter of a
         # freshly loaded CheckpointState crashes ORT 1.19 with a segmentation fault.)
-        self.set_parameters(artifact.parameters())
-        self.optimizer = api.Optimizer(str(artifact.path(manifest["graphs"]["optimizer"])), self.module)
+        self.state.set_parameters(artifact.parameters())
+        optimizer_graph = artifact.graph("optimizer")
+        moments = tuple(i.name for i in optimizer_graph.graph.input if ort_names.is_moment(i.name))
+        self.optimizer = OrtOptimizer(manifest, api.Optimizer(str(artifact.path(manifest["graphs"]["optimizer"])),
+                                                              self._module), moments)
         # Module.eval() returns the loss only, so logits come from the eval graph pruned to them.
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.inference = ort.InferenceSession(artifact.inference_graph().SerializeToString(), options,
                                               providers=["CPUExecutionProvider"])
-        self._inference_params = [i.name for i in self.inference.get_inputs() if i.name in self.state.parameters]
+        self._inference_params = [i.name for i in self.inference.get_inputs() if i.name in checkpoint.parameters]
 
     def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace=None,
                          on_forward_end=None) -> float:
         if not accumulate:
-            self.module.lazy_reset_grad()  # the next run overwrites the gradient buffers instead of adding
-        self.module.train()
+            self._module.lazy_reset_grad()  # the next run overwrites the gradient buffers instead of adding
+        self._module.train()
         feeds = self._feeds(inputs)
         start = time.perf_counter()
         labels = self._labels(labels, self._batch(feeds))
-        loss = self.module(*[feeds[n] for n in self.module.input_names() if n in feeds], labels)
+        loss = self._module(*[feeds[n] for n in self._module.input_names() if n in feeds], labels)
         if trace is not None:  # ORT runs forward and backward as one graph call
             trace.append(("forward_backward", "Module", "training graph", start, time.perf_counter()))
         return float(loss)
 
-    def optimizer_step(self, trace=None) -> None:
-        self.optimizer.set_learning_rate(self.lr)
-        start = time.perf_counter()
-        self.optimizer.step()
-        if trace is not None:
-            trace.append(("optimizer", "Optimizer", "optimizer graph", start, time.perf_counter()))
-
     def eval_step(self, inputs: Inputs) -> np.ndarray:
-        feeds = {**self._feeds(inputs), **{n: self.state.parameters[n].data for n in self._inference_params}}
+        parameters = self.state.checkpoint.parameters
+        feeds = {**self._feeds(inputs), **{n: parameters[n].data for n in self._inference_params}}
         return self.inference.run(None, feeds)[0]
-
-    def parameters(self) -> Dict[str, np.ndarray]:
-        # Iterating ORT's Parameters yields (name, Parameter) pairs.
-        return {name: np.array(param.data) for name, param in self.state.parameters}
-
-    def set_parameters(self, mapping: Mapping[str, np.ndarray]) -> None:
-        self._check_parameters(mapping, self.parameters())
-        for name, value in mapping.items():
-            self.state.parameters[name] = np.ascontiguousarray(value, dtype=np.float32)

@@ -43,7 +43,7 @@ def compare_engines(folder, input_shape, classes, steps=5, seed=0):
     import edge_lbp
 
     numba, ort = edge_lbp.load(folder, "numba"), edge_lbp.load(folder, "ort")
-    initial = numba.parameters()
+    initial = numba.state.parameters()
     rng = np.random.default_rng(seed)
     probe = rng.standard_normal((2, *input_shape)).astype(np.float32)
     measured = {"eval_before": rel(numba.eval_step(probe), ort.eval_step(probe)), "loss": 0.0}
@@ -53,7 +53,7 @@ def compare_engines(folder, input_shape, classes, steps=5, seed=0):
         mine, theirs = numba.train_step(x, y), ort.train_step(x, y)
         measured["loss"] = max(measured["loss"], abs(mine - theirs) / max(abs(theirs), 1e-12))
     (measured["parameters"], _), (measured["zero_gradient_drift"], _) = parameter_differences(
-        numba.parameters(), ort.parameters(), initial)
+        numba.state.parameters(), ort.state.parameters(), initial)
     measured["eval_after"] = rel(numba.eval_step(probe), ort.eval_step(probe))
     return measured
 
@@ -94,10 +94,10 @@ def assert_side_gradients_match(folder, x, y, threads=1):
 
     numba, ort = edge_lbp.load(folder, "numba", threads=threads), edge_lbp.load(folder, "ort", threads=threads)
     loss = numba.forward_backward(x, y)
-    before = ort.parameters()
-    ort.lr = 1e3
+    before = ort.state.parameters()
+    ort.optimizer.set_learning_rate(1e3)
     assert ort.train_step(x, y) == pytest.approx(loss, rel=1e-5)
-    after = ort.parameters()
+    after = ort.state.parameters()
     mine = numba.gradients()
     assert mine and sorted(mine) == sorted(n for n in before if n.startswith("side."))
     for name, grad in mine.items():

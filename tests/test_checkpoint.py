@@ -33,7 +33,7 @@ def _batches(count, seed=0, n=4):
 
 
 def _same_parameters(a, b):
-    pa, pb = a.session.parameters(), b.session.parameters()
+    pa, pb = a.session.state.parameters(), b.session.state.parameters()
     return pa.keys() == pb.keys() and all(np.array_equal(pa[n], pb[n]) for n in pa)
 
 
@@ -91,8 +91,8 @@ def test_resume_continues_bit_for_bit(artifact, tmp_path, config, k):
     losses += [resumed.step(x, y) for x, y in data[k:]]
     assert np.array_equal(losses, straight_losses)
     assert _same_parameters(resumed, straight)
-    assert resumed.session.step == straight.session.step == straight.updates
-    moments_a, moments_b = resumed.session.optimizer_state(), straight.session.optimizer_state()
+    assert resumed.session.state.step == straight.session.state.step == straight.updates
+    moments_a, moments_b = resumed.session.state.optimizer_state(), straight.session.state.optimizer_state()
     assert all(np.array_equal(moments_a["first_order_moments"][n], moments_b["first_order_moments"][n])
                for n in moments_b["first_order_moments"])
 

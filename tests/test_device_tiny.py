@@ -110,9 +110,9 @@ def test_trainer_resumes_bit_for_bit(tmp_path):
     assert resumed.updates == first.updates == 2
     losses += [resumed.step(x, y) for x, y in data[4:]]
     assert np.array_equal(losses, straight_losses)
-    mine, theirs = resumed.session.parameters(), straight.session.parameters()
+    mine, theirs = resumed.session.state.parameters(), straight.session.state.parameters()
     assert mine.keys() == theirs.keys() and all(np.array_equal(mine[n], theirs[n]) for n in mine)
-    initial = edge_lbp.load(ARTIFACT, threads=THREADS).parameters()
+    initial = edge_lbp.load(ARTIFACT, threads=THREADS).state.parameters()
     assert any(not np.array_equal(mine[n], initial[n]) for n in mine)
 
 

@@ -116,14 +116,14 @@ def test_selection_survives_a_checkpoint_resume_bit_exactly(energy_artifact, tmp
     resumed = Trainer.resume(tmp_path / "ckpt", threads=1)
     losses += [resumed.step(x, y) for x, y in data[10:]]
     assert np.array_equal(losses, straight_losses)
-    mine, theirs = resumed.session.bases.state(), straight.session.bases.state()
+    mine, theirs = resumed.session.state.method_state()["bases"], straight.session.state.method_state()["bases"]
     assert mine.keys() == theirs.keys() and len(mine) == 3 * 4 * 2  # vit-tiny: 2 blocks of 4 layers
     assert all(np.array_equal(mine[k], theirs[k]) for k in mine)
     start = Projector.of(GRID, 1, K, "energy:3").selection.pairs
     assert any(tuple(map(tuple, mine[k])) != start for k in mine if k.endswith(".pairs"))  # it did adapt
     # and the state is what makes it exact: a resume that forgets it selects differently
     forgetful = Trainer.resume(tmp_path / "ckpt", threads=1)
-    forgetful.session.bases.set_state(Trainer(energy_artifact, threads=1).session.bases.state())
+    forgetful.session.state.set_method_state(Trainer(energy_artifact, threads=1).session.state.method_state())
     assert [forgetful.step(x, y) for x, y in data[10:]] != straight_losses[10:]
 
 

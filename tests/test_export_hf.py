@@ -97,7 +97,7 @@ def test_checkpoint_folder_exports_offline(tmp_path):
     np.testing.assert_allclose(edge_lbp.load(tmp_path / "art", "numba").eval_step(x), want, rtol=1e-4, atol=1e-5)
     relabelled = export_model(f"hf:{tmp_path / 'ckpt'}", tmp_path / "art7", lbp="none", num_classes=7)
     assert relabelled.manifest["model"]["num_classes"] == 7
-    params = edge_lbp.load(tmp_path / "art7", "numba").parameters()
+    params = edge_lbp.load(tmp_path / "art7", "numba").state.parameters()
     np.testing.assert_array_equal(params["vit.embeddings.cls_token"], model.vit.embeddings.cls_token.detach().numpy())
     assert params["classifier.weight"].shape == (7, VIT["hidden_size"])
 

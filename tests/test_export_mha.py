@@ -67,9 +67,9 @@ def test_multihead_attention_vit_trains_with_lbp(tmp_path):
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             assert rewritten[f"blocks.{block}.attn.{proj}.weight"] == ((8, 8), 1)
     numba, ort = edge_lbp.load(tmp_path / "art", "numba"), edge_lbp.load(tmp_path / "art", "ort")
-    initial = numba.parameters()
+    initial = numba.state.parameters()
     rng = np.random.default_rng(0)
     for _ in range(5):
         x, y = rng.standard_normal((3, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 3)
         assert numba.train_step(x, y) == pytest.approx(ort.train_step(x, y), rel=1e-4)
-    assert_parameters_match(numba.parameters(), ort.parameters(), initial)
+    assert_parameters_match(numba.state.parameters(), ort.state.parameters(), initial)

@@ -33,12 +33,12 @@ def test_token_input_exports_with_its_grid_and_trains(capsys, tmp_path, token_on
     grids = {r["layer"]: (r["grid"], r["extra_tokens"]) for r in layers if r["status"] == "rewritten"}
     assert grids == {"fc1.weight": ([8, 8], 2), "fc2.weight": ([8, 8], 2)}
     numba, ort = edge_lbp.load(art, "numba"), edge_lbp.load(art, "ort")
-    initial = numba.parameters()
+    initial = numba.state.parameters()
     rng = np.random.default_rng(0)
     for _ in range(5):
         x, y = rng.standard_normal((3, *TOKENS)).astype(np.float32), rng.integers(0, 4, 3)
         assert numba.train_step(x, y) == pytest.approx(ort.train_step(x, y), rel=1e-4)
-    assert_parameters_match(numba.parameters(), ort.parameters(), initial)
+    assert_parameters_match(numba.state.parameters(), ort.state.parameters(), initial)
     np.testing.assert_allclose(numba.eval_step(x), ort.eval_step(x), rtol=1e-4, atol=1e-6)
 
 

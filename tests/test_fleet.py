@@ -64,7 +64,7 @@ def _alone(artifact, data, index, count, server_round=1):
     train = partition(open_dataset(data, trainer.manifest, split="train"), index, count)
     val = partition(open_dataset(data, trainer.manifest, split="val", classes=train.classes), index, count)
     trainer.fit(train, val, epochs=1, batch_size=BATCH, progress=False)
-    params = trainer.session.parameters()
+    params = trainer.session.state.parameters()
     return {n: params[n] for n in trainer.session.artifact.trainable}, len(train)
 
 
@@ -100,7 +100,7 @@ def test_client_reply_equals_the_trainer_alone_bit_for_bit(artifact, data, monke
     expected, examples = _alone(artifact, data, 1, 3)
     assert list(returned.keys()) == list(expected)  # the artifact's trainable set, in its order
     assert all(np.array_equal(returned[n].numpy(), expected[n]) for n in expected)
-    assert not all(np.array_equal(returned[n].numpy(), initial.session.parameters()[n]) for n in expected)
+    assert not all(np.array_equal(returned[n].numpy(), initial.session.state.parameters()[n]) for n in expected)
     metrics = reply.content["metrics"]
     assert metrics["num-examples"] == examples and metrics["step_ms"] > 0 and metrics["local_val_samples"] == 50
 
@@ -166,7 +166,7 @@ def test_local_deployment_learns_survives_a_killed_node_and_saves_whole_models(a
                                    "metrics": MetricRecord({"num-examples": examples})}))
     expected = aggregate_arrayrecords(replies, "num-examples")
     resumed = Trainer.resume(out / "round-1", artifact, threads=1)
-    saved = resumed.session.parameters()
+    saved = resumed.session.state.parameters()
     # To rounding, not bit for bit: in about half the runs here the boards' SuperNode processes ended 1 epoch a few
     # float32 ulps (up to 4e-7) away from this process's run; the cause is not found (the reply equals the Trainer
     # alone bit for bit in one process: test_client_reply_equals_the_trainer_alone_bit_for_bit). A wrong weighting

@@ -38,11 +38,11 @@ def test_only_the_adapters_and_the_head_train(lora_artifact):
 def test_numba_trains_the_adapters_as_onnx_runtime_does(lora_artifact):
     folder, _ = lora_artifact
     numba, reference = edge_lbp.load(folder, "numba"), edge_lbp.load(folder, "ort")
-    initial = numba.parameters()
+    initial = numba.state.parameters()
     for x, y in _batches(5):
         assert numba.train_step(x, y) == pytest.approx(reference.train_step(x, y), rel=1e-4)
-    after = numba.parameters()
-    assert_parameters_match(after, reference.parameters(), initial)
+    after = numba.state.parameters()
+    assert_parameters_match(after, reference.state.parameters(), initial)
     frozen = [n for n in after if not n.endswith((".lora_a", ".lora_b")) and not n.startswith("head.")]
     assert all(np.array_equal(after[n], initial[n]) for n in frozen)
     assert any(not np.array_equal(after[n], initial[n]) for n in after if n.endswith(".lora_b"))

@@ -38,7 +38,7 @@ def test_the_estimates_agree_with_each_method_s_own_artifact(artifacts):
     # Estimates from the full artifact's step against the steps of the exported methods themselves.
     assert by["zo-hybrid:1"].step == pytest.approx(measured["zo"], rel=0.3)
     assert by["side"].step == pytest.approx(measured["side"], rel=0.25)
-    assert by["full"].state == 3 * sum(a.nbytes for a in edge_lbp.load(artifacts / "full").params.values())
+    assert by["full"].state == 3 * sum(a.nbytes for a in edge_lbp.load(artifacts / "full").state.params.values())
 
 
 def test_cli_says_which_methods_fit(artifacts, capsys):

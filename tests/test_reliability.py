@@ -61,12 +61,12 @@ def test_a_non_finite_step_leaves_parameters_and_moments_bit_identical(artifact)
     session = edge_lbp.load(artifact, threads=THREADS)
     x, y = _batch()
     session.train_step(x, y)
-    params, state = session.parameters(), session.optimizer_state()
+    params, state = session.state.parameters(), session.state.optimizer_state()
     x[1, 0, 3, 3] = np.nan
     with pytest.raises(NonFiniteStep, match="step rejected, parameters unchanged"):
         session.train_step(x, y)
-    assert all(np.array_equal(v, params[n]) for n, v in session.parameters().items())
-    after = session.optimizer_state()
+    assert all(np.array_equal(v, params[n]) for n, v in session.state.parameters().items())
+    after = session.state.optimizer_state()
     assert after["step"] == state["step"]
     assert all(np.array_equal(after[m][n], state[m][n]) for m in state if m != "step" for n in state[m])
 
@@ -78,18 +78,18 @@ def test_trainer_rejects_bad_steps_then_stops_and_never_saves_them(artifact, tmp
     trainer.step(*good)
     trainer.save(tmp_path / "ckpt")
     saved = _digest(tmp_path / "ckpt")
-    params = trainer.session.parameters()
+    params = trainer.session.state.parameters()
     with pytest.warns(DivergenceWarning, match=r"epoch 1, batch 1: the loss is nan.*\(1 in a row, 1 in all\)"):
         assert not np.isfinite(trainer.step(*bad))
     trainer.step(*good)  # a good step in between resets the count
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DivergenceWarning)
         trainer.step(*bad), trainer.step(*bad)
-        before_stop = trainer.session.parameters()
+        before_stop = trainer.session.state.parameters()
         with pytest.raises(DivergenceError, match="3 steps in a row rejected.*lower the learning rate"):
             trainer.step(*bad)
     assert trainer.rejected == 4 and trainer.updates == 2
-    assert all(np.array_equal(v, before_stop[n]) for n, v in trainer.session.parameters().items())
+    assert all(np.array_equal(v, before_stop[n]) for n, v in trainer.session.state.parameters().items())
     assert any(not np.array_equal(v, params[n]) for n, v in before_stop.items())  # the good step did train
     assert _digest(tmp_path / "ckpt") == saved
 
@@ -250,10 +250,10 @@ def test_profile_output_is_checked_before_profiling(artifact, tmp_path, capsys):
 ])
 def test_bad_labels_are_refused_on_the_api(artifact, labels, message):
     session = edge_lbp.load(artifact, threads=THREADS)
-    params = session.parameters()
+    params = session.state.parameters()
     with pytest.raises(ValueError, match=message):
         session.train_step(_batch()[0], labels)
-    assert all(np.array_equal(v, params[n]) for n, v in session.parameters().items())
+    assert all(np.array_equal(v, params[n]) for n, v in session.state.parameters().items())
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -313,12 +313,12 @@ def test_a_batch_too_large_for_memory_is_refused_with_the_largest_that_fits(arti
         available = free
 
     monkeypatch.setattr("psutil.virtual_memory", lambda: Memory)
-    params = trainer.session.parameters()
+    params = trainer.session.state.parameters()
     data = open_dataset(images, trainer.manifest)
     with pytest.raises(MemoryError, match=r"batch 8 needs about .* the largest batch that fits is about [34]"):
         trainer.fit(data, epochs=1, batch_size=8, progress=False)
     assert trainer.updates == 0
-    assert all(np.array_equal(v, params[n]) for n, v in trainer.session.parameters().items())
+    assert all(np.array_equal(v, params[n]) for n, v in trainer.session.state.parameters().items())
     trainer.fit(data, epochs=1, batch_size=2, progress=False)  # a batch that fits trains
     assert trainer.updates == 6
 

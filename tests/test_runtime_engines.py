@@ -50,7 +50,7 @@ def test_numba_engine_matches_ort(artifacts, family, lbp, optimizer):
         x = rng.standard_normal((3, *shape)).astype(np.float32)
         y = rng.integers(0, 10, 3)
         assert numba.train_step(x, y) == pytest.approx(ort.train_step(x, y), rel=1e-4)
-    mine, theirs = numba.parameters(), ort.parameters()
+    mine, theirs = numba.state.parameters(), ort.state.parameters()
     assert mine.keys() == theirs.keys()
     for name in mine:
         assert _rel(mine[name], theirs[name]) < 1e-4, name
@@ -63,7 +63,7 @@ def test_weight_gradients_go_straight_into_their_buffers(artifacts, lbp):
     fused ops still accumulate: two micro-batches add up to the sum of their gradients taken one at a time."""
     session = edge_lbp.load(artifacts("vit-tiny", lbp, "sgd"), "numba")
     fused = [s for s in session.training.steps if s.op_type in ("GemmAccumulate", "WHTMatMulGradAccumulate")]
-    matrices = [n for n in session.trainable if session.params[n].ndim == 2]
+    matrices = [n for n in session.artifact.trainable if session.state.params[n].ndim == 2]
     assert len(fused) == len(matrices) > 0
     if lbp != "none":  # every rewritten layer's weight trains here: no WHTMatMulGrad is left unfused
         assert any(s.op_type == "WHTMatMulGradAccumulate" for s in fused)
@@ -120,9 +120,9 @@ def test_gradient_accumulation_matches_ort(artifacts):
     for session in (numba, ort):
         session.forward_backward(x[:2], y[:2])
         session.forward_backward(x[2:], y[2:], accumulate=True)
-        session.optimizer_step()
-    for name, value in numba.parameters().items():
-        assert _rel(value, ort.parameters()[name]) < 1e-4, name
+        session.optimizer.step()
+    for name, value in numba.state.parameters().items():
+        assert _rel(value, ort.state.parameters()[name]) < 1e-4, name
 
 
 def test_numba_trace_splits_the_step_into_phases(artifacts):

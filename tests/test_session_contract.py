@@ -47,22 +47,22 @@ def test_every_engine_declares_its_capabilities():
 def test_common_calls(artifact, engine, batch):
     session = edge_lbp.load(artifact, engine, threads=1)
     x, y = batch
-    before = session.parameters()
+    before = session.state.parameters()
     assert set(before) == set(session.artifact.manifest["trainable"] + session.artifact.manifest["frozen"])
     logits = session.eval_step(x)
     assert logits.shape == (2, session.artifact.logits["shape"][-1])
-    session.lr = 0.05
+    session.optimizer.set_learning_rate(0.05)
     loss = session.train_step(x, y)
     assert isinstance(loss, float) and np.isfinite(loss)
-    after = session.parameters()
+    after = session.state.parameters()
     assert any(not np.array_equal(before[n], after[n]) for n in session.artifact.trainable)
-    session.set_parameters(before)
+    session.state.set_parameters(before)
     np.testing.assert_array_equal(session.eval_step(x), logits)
     name = session.artifact.trainable[0]
     with pytest.raises(ValueError, match=f"parameter {name}: shape"):
-        session.set_parameters({name: np.zeros(3, np.float32)})
+        session.state.set_parameters({name: np.zeros(3, np.float32)})
     with pytest.raises(KeyError, match="unknown parameters"):
-        session.set_parameters({"no.such.weight": np.zeros(3, np.float32)})
+        session.state.set_parameters({"no.such.weight": np.zeros(3, np.float32)})
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -93,8 +93,8 @@ def test_declared_capabilities_work_and_the_others_refuse(artifact, engine, batc
         reference = {n: g * np.float32(0.5) for n, g in grads.items()}
         for g, r in zip(grads.values(), reference.values()):
             g[...] = r
-        session.optimizer_step(), stepped.optimizer_step()
-        np.testing.assert_array_equal(session.parameters()[name], stepped.parameters()[name])
+        session.optimizer.step(), stepped.optimizer.step()
+        np.testing.assert_array_equal(session.state.parameters()[name], stepped.state.parameters()[name])
     else:
         with pytest.raises(Unsupported, match=f"the {engine} engine"):
             session.gradients()
@@ -107,19 +107,19 @@ def test_declared_capabilities_work_and_the_others_refuse(artifact, engine, batc
             session.step_bytes(4)
 
     if caps.optimizer_state:
-        state = session.optimizer_state()
+        state = session.state.optimizer_state()
         assert state["step"] >= 1 and len(state) > 1
         fresh = edge_lbp.load(artifact, engine, threads=1)
-        fresh.set_parameters(session.parameters())
-        fresh.set_optimizer_state(state)
+        fresh.state.set_parameters(session.state.parameters())
+        fresh.state.set_optimizer_state(state)
         assert session.train_step(x, y) == fresh.train_step(x, y)
-        for n, value in session.parameters().items():
-            np.testing.assert_array_equal(value, fresh.parameters()[n], err_msg=n)
+        for n, value in session.state.parameters().items():
+            np.testing.assert_array_equal(value, fresh.state.parameters()[n], err_msg=n)
     else:
         with pytest.raises(Unsupported, match=f"the {engine} engine"):
-            session.optimizer_state()
+            session.state.optimizer_state()
         with pytest.raises(Unsupported):
-            session.set_optimizer_state({"step": 0})
+            session.state.set_optimizer_state({"step": 0})
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -84,7 +84,7 @@ def test_tuned_training_gives_the_numbers_of_a_fixed_thread_count(monkeypatch):
         shape = session.artifact.manifest["inputs"][0]["shape"][1:]
         losses = [session.train_step(rng.standard_normal((4, *shape)).astype(np.float32), rng.integers(0, 4, 4))
                   for _ in range(8)]
-        runs.append((losses, session.parameters(), session.threads))
+        runs.append((losses, session.state.parameters(), session.threads))
     (fixed_losses, fixed_params, _), (tuned_losses, tuned_params, tuned) = runs
     assert tuned.tuner.best(4) is not None  # both counts ran
     assert fixed_losses == tuned_losses

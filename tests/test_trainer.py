@@ -62,7 +62,7 @@ def test_lr_follows_the_schedule_per_update(artifact):
     used = []
     for i in range(6):
         trainer.step(*_batch(i))
-        used.append(trainer.session.lr)
+        used.append(trainer.session.optimizer.lr)
     assert trainer.updates == 3
     assert used[1::2] == pytest.approx([0.01, 0.01, 0.005])  # set at each update (every 2nd call)
     assert trainer.lr == 0.0
@@ -77,14 +77,14 @@ def test_accumulation_is_the_mean_of_micro_batch_gradients(artifact):
     manual = [session.forward_backward(x1, y1), session.forward_backward(x2, y2, accumulate=True)]
     for g in session.grads.values():
         g *= np.float32(0.5)
-    session.optimizer_step()
+    session.optimizer.step()
     assert losses == manual
-    mine, theirs = trainer.session.parameters(), session.parameters()
+    mine, theirs = trainer.session.state.parameters(), session.state.parameters()
     assert all(np.array_equal(mine[n], theirs[n]) for n in theirs)
     # The first micro-batch alone gives a different update: the second one counted.
     single = edge_lbp.load(artifact, "numba", threads=THREADS)
     single.train_step(x1, y1)
-    assert not np.array_equal(single.parameters()["head.weight"], mine["head.weight"])
+    assert not np.array_equal(single.state.parameters()["head.weight"], mine["head.weight"])
 
 
 def test_clipping_scales_the_gradient_to_the_norm(artifact):
@@ -147,7 +147,7 @@ def test_fit_updates_with_the_last_incomplete_accumulation(artifact, images):
     trainer = Trainer(artifact, threads=THREADS, accumulate=2)
     data = open_dataset(images, trainer.manifest)
     trainer.fit(data, epochs=1, batch_size=4, progress=False)  # 3 batches: updates after the 2nd and the 3rd
-    assert trainer.updates == 2 and trainer.session.step == 2
+    assert trainer.updates == 2 and trainer.session.state.step == 2
 
 
 def test_cli_train_then_eval(artifact, images, tmp_path, capsys):

@@ -100,26 +100,26 @@ def test_the_device_estimate_is_the_directional_derivative_of_exact_backprop(art
     exact.forward_backward(x, y)
     grads = exact.gradients()
     zo.forward_backward(x, y)
-    assert len(zo._probes) == 3
-    for key, g in zo._probes:
-        z = {n: d for n, d in perturbations(key, zo.params, zo.zo_names)}
+    assert len(zo.probes) == 3
+    for key, g in zo.probes:
+        z = {n: d for n, d in perturbations(key, zo.state.params, zo.zo_names)}
         directional = sum(float(np.dot(z[n].ravel(), grads[n].ravel())) for n in zo.zo_names)
         assert g == pytest.approx(directional, rel=1e-2, abs=1e-3)
-    for name in zo.trainable:  # the first-order part: the gradients of exact backprop, at the same parameters
+    for name in zo.artifact.trainable:  # the first-order part: the gradients of exact backprop, at the same parameters
         assert np.allclose(zo.gradients()[name], grads[name], rtol=1e-4, atol=1e-6), name
 
 
 def test_an_update_moves_the_zo_part_along_its_probes_and_only_what_the_method_trains(artifacts):
     session = edge_lbp.load(artifacts / "zo", threads=THREADS, zo={"lr": 1e-2})
-    before = session.parameters()
+    before = session.state.parameters()
     session.train_step(*_batch())
-    after = session.parameters()
-    assert set(session.trained) == set(before) and set(session.zo_names).isdisjoint(session.trainable)
-    assert all(not np.array_equal(after[n], before[n]) for n in session.trained if n.endswith("weight"))
+    after = session.state.parameters()
+    assert set(session.state.trained) == set(before) and set(session.zo_names).isdisjoint(session.artifact.trainable)
+    assert all(not np.array_equal(after[n], before[n]) for n in session.state.trained if n.endswith("weight"))
     frozen_lr = edge_lbp.load(artifacts / "zo", threads=THREADS, zo={"lr": 0.0})
     frozen_lr.train_step(*_batch())
     # lr 0: the ZO part ends where the probes' restores left it (the last bit at most), the backprop part moves.
-    moved = frozen_lr.parameters()
+    moved = frozen_lr.state.parameters()
     assert all(np.allclose(moved[n], before[n], rtol=1e-6, atol=1e-7) for n in frozen_lr.zo_names)
 
 
@@ -137,10 +137,11 @@ def test_a_resumed_zo_run_continues_bit_for_bit(artifacts, tmp_path):
     assert resumed.zo == {"eps": 1e-3, "probes": 2, "lr": 1e-3}
     losses += [resumed.step(x, y) for x, y in data[4:]]
     assert losses == straight_losses
-    a, b = resumed.session.parameters(), straight.session.parameters()
+    a, b = resumed.session.state.parameters(), straight.session.state.parameters()
     assert all(np.array_equal(a[n], b[n]) for n in b)
     # Without the ZO parameters in the checkpoint the resumed run would differ: they did move.
-    assert not np.array_equal(a["blocks.0.attn.qkv.weight"], Trainer(folder).session.params["blocks.0.attn.qkv.weight"])
+    initial = Trainer(folder).session.state.params
+    assert not np.array_equal(a["blocks.0.attn.qkv.weight"], initial["blocks.0.attn.qkv.weight"])
 
 
 def test_zo_needs_the_numba_engine_and_a_zo_artifact(artifacts):

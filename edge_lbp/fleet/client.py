@@ -67,17 +67,17 @@ def evaluate(msg: Message, context: Context) -> Message:
 def trainable_record(session) -> ArrayRecord:
     """The parameters the session trains as an ``ArrayRecord``, by name, in the artifact's order (for zo-hybrid,
     the ZO parameters after the trainable ones: they move too)."""
-    params = session.parameters()
-    return ArrayRecord({name: Array(params[name]) for name in session.trained})
+    params = session.state.parameters()
+    return ArrayRecord({name: Array(params[name]) for name in session.state.trained})
 
 
 def load_trainable(session, record: ArrayRecord) -> None:
     """Set the session's trainable parameters from ``record`` (names and shapes checked by the session)."""
-    names = list(session.trained)
+    names = list(session.state.trained)
     if list(record.keys()) != names:
         raise ValueError(f"the global model's parameters {list(record.keys())[:3]}... are not this artifact's "
                          f"trainable set {names[:3]}... (another export on the server?)")
-    session.set_parameters({name: np.asarray(record[name].numpy(), np.float32) for name in names})
+    session.state.set_parameters({name: np.asarray(record[name].numpy(), np.float32) for name in names})
 
 
 def _board(msg: Message, context: Context, *, seed: int, lr):

@@ -115,7 +115,7 @@ def cases(w):
                        ("label -1", "s.train_step(x, np.array([0, -1]))"),
                        ("float labels", "s.train_step(x, np.array([0.5, 1.0]))"),
                        ("wrong input shape", "s.train_step(np.zeros((2, 3, 8, 8), np.float32), np.array([0, 1]))"),
-                       ("parameter shape", "s.set_parameters({s.artifact.trainable[0]: np.zeros(1)})")]:
+                       ("parameter shape", "s.state.set_parameters({s.artifact.trainable[0]: np.zeros(1)})")]:
         yield f"api: {name}", ("python", api + line), False
 
 
