@@ -27,7 +27,7 @@ class LinearAttention(nn.Module):
         self.k_proj = nn.Linear(mha.kdim, dim, bias=bias)
         self.v_proj = nn.Linear(mha.vdim, dim, bias=bias)
         with torch.no_grad():
-            if mha._qkv_same_embed_dim:
+            if mha.in_proj_weight is not None:  # one packed projection (query, key and value of one width)
                 weights = mha.in_proj_weight.chunk(3)
             else:
                 weights = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight

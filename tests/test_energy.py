@@ -104,6 +104,7 @@ def energy_artifact(tmp_path_factory):
 
 
 def test_selection_survives_a_checkpoint_resume_bit_exactly(energy_artifact, tmp_path):
+    from edge_lbp.checkpoint import load_checkpoint
     from edge_lbp.trainer import Trainer
 
     rng = np.random.default_rng(3)
@@ -113,6 +114,11 @@ def test_selection_survives_a_checkpoint_resume_bit_exactly(energy_artifact, tmp
     first = Trainer(energy_artifact, threads=1)
     losses = [first.step(x, y) for x, y in data[:10]]  # measured at passes 0 and 8; the next at 16, resumed
     first.save(tmp_path / "ckpt")
+    # The names the previous release wrote too (it kept the bases among the optimizer's entries): its checkpoints
+    # resume unchanged.
+    tensors, _ = load_checkpoint(tmp_path / "ckpt")
+    bases = first.session.state.method_state()["bases"]
+    assert {k for k in tensors if k.startswith("bases/")} == {f"bases/{k}" for k in bases}
     resumed = Trainer.resume(tmp_path / "ckpt", threads=1)
     losses += [resumed.step(x, y) for x, y in data[10:]]
     assert np.array_equal(losses, straight_losses)

@@ -77,7 +77,7 @@ def worker(folder, engine, args):
     after_load = psutil.Process().memory_info().rss
     # The tuned engine's first passes try each thread count twice: warm-up, not the steady state measured here
     # (which includes the re-tries every REPROBE-th pass when --steps reaches it).
-    tuner = getattr(getattr(session, "threads", None), "tuner", None)
+    tuner = session.threads.tuner if session.engine == "numba" else None
     warmup = args.warmup + (2 * len(tuner.candidates) if tuner else 0)
     times = _timed(lambda: session.train_step(x, y), warmup, args.steps)
     print(json.dumps(dict(times=times, load_s=load_s, rss_after_load=after_load, peak_rss=peak_rss())))
