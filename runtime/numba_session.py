@@ -108,12 +108,13 @@ class NumbaSession(Session):
         self.training = Graph(accumulate_in_place(fold_transpose_into_gemm(artifact.graph("training"))),
                               name="training graph", random=self.random, bases=bases)
         self.eval = Graph(artifact.inference_graph(), name="eval graph", random=self.random)
-        optimizer = Graph(artifact.graph("optimizer"), name="optimizer graph")
+        optimizer_graph = artifact.graph("optimizer")
+        optimizer = Graph(optimizer_graph, name="optimizer graph")
         wrong = mismatched_shapes(self.training, params) + mismatched_shapes(self.eval, params)
         if wrong:
             raise ArtifactError(f"{artifact.path(artifact.manifest['params'])}: parameter {wrong[0]}"
                                 + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
-        moments = {m: [np.zeros_like(params[p]) for p in trainable] for m in optimizer.feeds if ort_names.is_moment(m)}
+        moments = {m: [np.zeros_like(params[p]) for p in trainable] for m in ort_names.moments(optimizer_graph)}
         self.state = self._training_state(params, trainable, moments, bases)
         self.optimizer = self._optimizer(optimizer)
         # forward_backward calls since the optimizer's last update (gradient accumulation), counted per step

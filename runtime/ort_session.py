@@ -37,7 +37,7 @@ class OrtState(TrainingState):
 class OrtOptimizer(Optimizer):
     """ORT's ``Optimizer``. The gradients stay inside ONNX Runtime, so a gradient scale goes into the learning
     rate: SGD's update is linear in the gradients, so that is exact; AdamW divides by the gradients' own scale, so
-    it leaves the update as it is."""
+    it leaves the update as it is (but for its eps, which only the smallest gradients feel)."""
 
     def __init__(self, manifest, optimizer, moments):
         super().__init__(manifest)
@@ -80,10 +80,8 @@ class OrtSession(Session):
         # Both engines start from the artifact's tensor file. (Before a Module exists, writing a parameter of a
         # freshly loaded CheckpointState crashes ORT 1.19 with a segmentation fault.)
         self.state.set_parameters(artifact.parameters())
-        optimizer_graph = artifact.graph("optimizer")
-        moments = tuple(i.name for i in optimizer_graph.graph.input if ort_names.is_moment(i.name))
-        self.optimizer = OrtOptimizer(manifest, api.Optimizer(str(artifact.path(manifest["graphs"]["optimizer"])),
-                                                              self._module), moments)
+        optimizer = api.Optimizer(str(artifact.path(manifest["graphs"]["optimizer"])), self._module)
+        self.optimizer = OrtOptimizer(manifest, optimizer, ort_names.moments(artifact.graph("optimizer")))
         # Module.eval() returns the loss only, so logits come from the eval graph pruned to them.
         options = ort.SessionOptions()
         options.log_severity_level = 3

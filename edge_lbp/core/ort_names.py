@@ -38,6 +38,13 @@ def is_moment(feed: str) -> bool:
     return feed.endswith(MOMENT_SUFFIX)
 
 
+def moments(optimizer_graph) -> tuple:
+    """The moment sequences an optimizer graph's update reads, in input order (SGD's graph declares
+    ``first_order_moments`` and never reads it)."""
+    read = {i for node in optimizer_graph.graph.node for i in node.input}
+    return tuple(i.name for i in optimizer_graph.graph.input if i.name in read and is_moment(i.name))
+
+
 def backward_phase(node_name: str, op_type: str) -> str:
     """``forward`` or ``backward`` for a node of a training graph."""
     backward = GRAD_SCOPE in node_name or op_type in _BACKWARD_OPS or node_name.startswith(ACCUMULATE_PREFIX)
