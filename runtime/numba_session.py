@@ -174,7 +174,7 @@ class NumbaSession(Session):
         return self._extrapolate(batch, lambda x, y, meter: self.forward_backward(x, y, meter=meter))
 
     def eval_bytes(self, batch: int) -> int:
-        """Measured like ``step_bytes``."""
+        """What an evaluation step at ``batch`` allocates (its intermediates' peak), measured like ``step_bytes``."""
         return self._extrapolate(batch, lambda x, y, meter: self._evaluate(x, meter=meter))
 
     def held_at_backward_start(self, batch: int):
