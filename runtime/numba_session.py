@@ -40,7 +40,7 @@ class NumbaState(TrainingState):
         return {n: v.copy() for n, v in self.params.items()}
 
     def set_parameters(self, mapping: Mapping[str, np.ndarray]) -> None:
-        self.check_parameters(mapping, self.params)
+        self._check_parameters(mapping, self.params)
         for name, value in mapping.items():
             self.params[name][...] = value  # in place: the buffers stay where the graphs expect them
 

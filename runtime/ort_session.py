@@ -29,7 +29,7 @@ class OrtState(TrainingState):
         return {name: np.array(param.data) for name, param in self.checkpoint.parameters}
 
     def set_parameters(self, mapping: Mapping[str, np.ndarray]) -> None:
-        self.check_parameters(mapping, self.parameters())
+        self._check_parameters(mapping, self.parameters())
         for name, value in mapping.items():
             self.checkpoint.parameters[name] = np.ascontiguousarray(value, dtype=np.float32)
 

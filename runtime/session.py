@@ -78,7 +78,7 @@ class TrainingState:
         """Restore every entry ``method_state`` names (a missing one raises KeyError)."""
 
     @staticmethod
-    def check_parameters(mapping, current) -> None:
+    def _check_parameters(mapping, current) -> None:
         unknown = [n for n in mapping if n not in current]
         if unknown:
             raise KeyError(f"unknown parameters {unknown[:5]}")
