@@ -5,10 +5,10 @@ The artifact is loaded on the numba engine and one inference step warms its kern
 
 - the **step**: the intermediates a step holds at its peak, from the engine's memory probe (``LiveBytes`` on runs at
   batch 1 and 2, extrapolated per node). The artifact's own method and inference are measured so; the other
-  methods are estimated from where the artifact's own step holds its activations (per block, when the backward
-  starts): zo-hybrid:K keeps the last K blocks' share plus the backward's working set, at least an inference
-  forward; side keeps an inference forward plus one normalised ``B x N x C`` copy per tapped block (all blocks).
-  Full backprop and LBP need their own graphs: they are measured when the artifact is one, else not estimated.
+  methods estimate themselves (``Method.estimate`` in ``edge_lbp.methods``) from where the artifact's own step
+  holds its activations (per block, when the backward starts): zo-hybrid:K keeps the last K blocks' share plus the
+  backward's working set, side an inference forward plus one copy per tapped block. Full backprop and LBP need
+  their own graphs: they are measured when the artifact is one, else not estimated.
 - the **state**: gradient buffers and optimizer moments of what the method trains by backprop (AdamW: 3 copies,
   SGD: 1), and for zo-hybrid one parameter-sized draw.
 
@@ -23,7 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
-from edge_lbp.methods.partial import last_blocks
+from edge_lbp import methods
+from edge_lbp.methods.base import StepMemory
+from edge_lbp.methods.side import Side
+from edge_lbp.methods.zo_hybrid import ZOHybrid
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
           "K": 2**10, "M": 2**20, "G": 2**30}
@@ -83,7 +86,7 @@ def _held_by_block(session, batch):
 def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
     """``(baseline bytes, [Row])`` for ``batch``; see the module's description."""
     import edge_lbp
-    from edge_lbp.core.artifact import model_input, training_method
+    from edge_lbp.core.artifact import model_input
 
     session = edge_lbp.load(artifact_dir, "numba", threads=threads)
     manifest = session.artifact.manifest
@@ -95,36 +98,27 @@ def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
     copies = 1 + len(session.optimizer.moments)
     size = {n: a.nbytes for n, a in session.state.parameters().items()}
     trainable = session.artifact.trainable
-    method = training_method(manifest)
+    method = methods.of_manifest(manifest)
     own = session.step_bytes(batch)
     own_state = copies * sum(size[n] for n in trainable) + session.extra_state_bytes()
-    name = _method_name(manifest, method)
-    rows = [Row("inference", inference, 0, True), Row(name, own, own_state, True)]
-    if method["name"] != "backprop" or set(trainable) != set(size):
+    rows = [Row("inference", inference, 0, True), Row(_own_name(method, manifest), own, own_state, True)]
+    if method.name != methods.Method.name or set(trainable) != set(size):
         return baseline, rows  # the per-block split needs a step that backpropagates through every block
-    by_block = _held_by_block(session, batch)
-    stash = sum(by_block.values())
-    working = max(0, own - stash)
-    depth = 1 + max((b for b in by_block if b is not None), default=-1)
-    if depth > zo_blocks:
-        last = {b for b in by_block if b is not None and b >= depth - zo_blocks}
-        kept = sum(v for b, v in by_block.items() if b in last)
-        trained = last_blocks(size, zo_blocks)
-        zo_params = [n for n in size if n not in trained]
-        rows.append(Row(f"zo-hybrid:{zo_blocks}", max(inference, kept + working),
-                        copies * sum(size[n] for n in trained) + max((size[n] for n in zo_params), default=0), False))
-    # one block's output (the first block's last node, its residual sum)
-    tokens = session.node_output_bytes("/blocks.0/", batch)
-    if tokens:
-        rows.append(Row("side", inference + depth * tokens, 0, False))
+    held = _held_by_block(session, batch)
+    memory = StepMemory(inference=inference, working=max(0, own - sum(held.values())), held=held,
+                        block_output=session.node_output_bytes("/blocks.0/", batch), parameters=size,
+                        state_copies=copies)
+    for other in (ZOHybrid(zo_blocks), Side()):
+        estimate = other.estimate(memory)
+        if estimate is not None:
+            rows.append(Row(other.spec, *estimate, False))
     return baseline, rows
 
 
-def _method_name(manifest, method) -> str:
-    if method["name"] == "zo-hybrid":
-        return f"zo-hybrid:{method['blocks']}"
-    if method["name"] == "side":
-        return "side"
+def _own_name(method, manifest) -> str:
+    """The artifact's method as plan names it: backprop of any trainable set is ``lbp`` or ``full``."""
+    if method.name != methods.Method.name:
+        return method.spec
     rewritten = any(r.get("status") == "rewritten" for r in manifest.get("lbp", {}).get("layers", []))
     return "lbp" if rewritten else "full"
 

@@ -9,11 +9,29 @@ it applies to whatever backprop a method does (``--lbp``, :mod:`edge_lbp.methods
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Dict, Iterable, List, Optional, Tuple
 
 if TYPE_CHECKING:  # the CLI's parser reads the methods' spellings: no numpy or onnx at import
     import numpy as np
     import onnx
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """What ``edge-lbp plan`` measured on an artifact that backpropagates through every block, at one batch size:
+    what a method's :meth:`Method.estimate` starts from (bytes)."""
+
+    inference: int  # an evaluation step's peak
+    working: int  # the training step's peak beyond the activations it holds when the backward starts
+    held: Dict[Optional[int], int]  # those activations by block index (None: outside the blocks)
+    block_output: int  # one block's output (B x N x C); 0 when the graph has no /blocks.0/ node
+    parameters: Dict[str, int]  # every parameter's size
+    state_copies: int  # per parameter trained by backprop: its gradient and the optimizer's moments
+
+    @property
+    def depth(self) -> int:
+        return 1 + max((b for b in self.held if b is not None), default=-1)
 
 
 class Method:
@@ -54,6 +72,12 @@ class Method:
     def fold(self, graph: onnx.ModelProto, params: Dict[str, np.ndarray]):
         """``(graph, parameters)`` of the plain inference model; unchanged unless the method adds to the model."""
         return graph, params
+
+    # -- planning ------------------------------------------------------------------------------------------------
+    def estimate(self, memory: StepMemory) -> Optional[Tuple[int, int]]:
+        """``(step, state)`` bytes of this method, estimated from another artifact's measured step; None where the
+        method needs its own graphs to be measured (backprop through a different set, LBP)."""
+        return None
 
 
 def choose(names: List[str], chosen, what: str) -> Tuple[List[str], List[str]]:

@@ -41,6 +41,18 @@ class ZOHybrid(Method):
     def record(self, forward, training, frozen):
         return {"name": NAME, "blocks": self.blocks, "zo": list(frozen)}
 
+    def estimate(self, memory):
+        """The last K blocks' share of the held activations plus the backward's working set (at least an inference
+        forward); the state of what backprops plus one parameter-sized draw."""
+        if memory.depth <= self.blocks:
+            return None
+        last = {b for b in memory.held if b is not None and b >= memory.depth - self.blocks}
+        kept = sum(v for b, v in memory.held.items() if b in last)
+        trained = last_blocks(memory.parameters, self.blocks)
+        draw = max((size for name, size in memory.parameters.items() if name not in trained), default=0)
+        state = memory.state_copies * sum(memory.parameters[n] for n in trained) + draw
+        return max(memory.inference, kept + memory.working), state
+
     def open_session(self, artifact, engine, *, seed, threads, zo):
         if engine != "numba":
             raise ValueError(f"{artifact.folder}: a zo-hybrid artifact trains on the numba engine only (the {engine} "
