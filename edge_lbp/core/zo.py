@@ -7,7 +7,7 @@ directional derivative ``zᵀ∇L``, and ``g z`` is an unbiased estimate of ``�
 so the only extra memory is one tensor-sized draw. The restore ``θ + εz - 2εz + εz`` rounds differently from
 ``θ`` in the last bit; it is deterministic, so a run and its resume from a checkpoint stay bit-identical.
 
-numpy only: the device side (``edge_lbp.runtime.zo_session``, for ``edge_lbp.methods.zo_hybrid``) and the tests use it.
+numpy only: the device side (``edge_lbp.methods.zo_hybrid.session``) and the tests use it.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 (:mod:`edge_lbp.core.zo`) for every other parameter, on the device.
 
 The training graph is exported as for ``last:K``; the manifest's method record names the ZO parameters, and the
-numba engine's :class:`~edge_lbp.runtime.zo_session.ZOHybridSession` trains both parts.
+numba engine's :class:`~edge_lbp.methods.zo_hybrid.session.ZOHybridSession` (:mod:`.session`, numpy and the
+numba engine) trains both parts.
 """
 from __future__ import annotations
 
@@ -57,6 +58,6 @@ class ZOHybrid(Method):
         if engine != "numba":
             raise ValueError(f"{artifact.folder}: a zo-hybrid artifact trains on the numba engine only (the {engine} "
                              "engine would train the backprop part alone)")
-        from edge_lbp.runtime.zo_session import ZOHybridSession
+        from edge_lbp.methods.zo_hybrid.session import ZOHybridSession
 
         return ZOHybridSession(artifact, seed, zo, threads)
