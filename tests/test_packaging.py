@@ -97,8 +97,12 @@ def test_core_install_alone_runs_the_device_path(tmp_path):
     assert re.search(r"\d+ passed", suite.stdout.splitlines()[-1]), suite.stdout[-2000:]
 
 
-def _readme_python_examples():
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+def _python_examples():
+    """Every Python block of the README and the docs, once each (the docs repeat the README's); architecture.md
+    quotes code, it shows no example."""
+    pages = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "architecture.md")]
+    blocks = [block for page in pages for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
+    return list(dict.fromkeys(blocks))
 
 
 def _sample_photos(folder, classes=("cat", "dog"), per_class=6):
@@ -114,7 +118,8 @@ def _sample_photos(folder, classes=("cat", "dog"), per_class=6):
 
 @pytest.mark.slow
 def test_readme_python_examples_run_from_the_repository_root(tmp_path):
-    """A user's clone, the README's editable install, and every README Python example run from the clone's root
+    """A user's clone, the README's editable install, and every Python example of the README and the docs run from
+    the clone's root
     (where the source folder `edge_lbp/` comes first on the path: setup.cfg's package_dir, through the editable
     install, maps edge_lbp.runtime to runtime/; the package adds nothing to its own search path)."""
     pytest.importorskip("torch", reason="the examples export with the workstation extra")
@@ -149,11 +154,11 @@ def test_readme_python_examples_run_from_the_repository_root(tmp_path):
     export = run(["-m", "edge_lbp", "export", "vit-tiny", "-o", "artifacts/vit-tiny"])
     assert export.returncode == 0, export.stderr[-3000:]
     _sample_photos(clone / "photos")
-    examples = _readme_python_examples()
-    assert len(examples) >= 3
+    examples = _python_examples()
+    assert len(examples) >= 4
     for code in examples:
         result = run(["-c", code])
-        assert result.returncode == 0, f"README example failed:\n{code}\n{result.stderr[-3000:]}"
+        assert result.returncode == 0, f"example failed:\n{code}\n{result.stderr[-3000:]}"
 
 
 def test_readme_folder_table_matches_the_tree():
