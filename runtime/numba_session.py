@@ -115,21 +115,23 @@ class NumbaSession(Session):
             raise ArtifactError(f"{artifact.path(artifact.manifest['params'])}: parameter {wrong[0]}"
                                 + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
         moments = {m: [np.zeros_like(params[p]) for p in trainable] for m in ort_names.moments(optimizer_graph)}
-        self.state = self._training_state(params, trainable, moments, bases)
-        self.optimizer = self._optimizer(optimizer)
+        self.state = self.make_state(params, trainable, moments, bases)
+        self.optimizer = self.make_optimizer(optimizer)
         # forward_backward calls since the optimizer's last update (gradient accumulation), counted per step
         self._passes, self._passes_step = 0, 0
         phases = [ort_names.backward_phase(step.name, step.op_type) for step in self.training.steps]
         self._phases = dict(zip((step.name for step in self.training.steps), phases))
         self._backward_start = _backward_start(phases)
 
-    def _training_state(self, params, trainable, moments, bases) -> NumbaState:
+    # A method's session (edge_lbp.methods) extends the engine through these public hooks: the state and the
+    # optimizer it keeps, the pass index its random draws key on, and extrapolate() for its memory probe.
+    def make_state(self, params, trainable, moments, bases) -> NumbaState:
         return NumbaState(params, trainable, moments, bases)
 
-    def _optimizer(self, graph: Graph) -> NumbaOptimizer:
+    def make_optimizer(self, graph: Graph) -> NumbaOptimizer:
         return NumbaOptimizer(self.artifact, graph, self.state, self.grads)
 
-    def _pass(self) -> int:
+    def pass_index(self) -> int:
         """The index of the next forward_backward call since the optimizer's last update."""
         if self._passes_step != self.state.step:
             self._passes, self._passes_step = 0, self.state.step
@@ -138,17 +140,17 @@ class NumbaSession(Session):
     def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace=None,
                          on_forward_end=None, meter=None) -> float:
         params = self.state.params
-        feeds = self._feeds(inputs)
-        feeds.update({self.artifact.labels: self._labels(labels, self._batch(feeds)), **params,
+        feeds = self.feeds(inputs)
+        feeds.update({self.artifact.labels: self.label_array(labels, self.batch_size(feeds)), **params,
                       ort_names.LAZY_RESET: np.array([not accumulate])})
         feeds.update((ort_names.accumulation_buffer(p), g) for p, g in self.grads.items())
         # Dropout and drop-path draw from (seed, step, pass): reproducible, and the same after a resume.
-        self.random.reseed(self.seed, _TRAINING, self.state.step, self._pass())
+        self.random.reseed(self.seed, _TRAINING, self.state.step, self.pass_index())
         self._passes += 1
         spans = [] if trace is not None else None
         hooks = ({self._backward_start: on_forward_end}
                  if on_forward_end is not None and self._backward_start is not None else None)
-        batch = self._batch(feeds)
+        batch = self.batch_size(feeds)
         threads = self.threads.before(batch)
         start = time.perf_counter()
         loss = self.training.run(feeds, trace=spans, hooks=hooks, meter=meter)[0]
@@ -162,7 +164,7 @@ class NumbaSession(Session):
         return self._evaluate(inputs)
 
     def _evaluate(self, inputs: Inputs, meter=None) -> np.ndarray:
-        return self.eval.run({**self._feeds(inputs), **self.state.params}, meter=meter)[0]
+        return self.eval.run({**self.feeds(inputs), **self.state.params}, meter=meter)[0]
 
     def gradients(self) -> Dict[str, np.ndarray]:
         return self.grads
@@ -171,11 +173,11 @@ class NumbaSession(Session):
     def step_bytes(self, batch: int) -> int:
         """Measured on two probe steps (batch 1 and 2, zeros; the gradient buffers are overwritten, the parameters
         and moments untouched) and extrapolated: a step's intermediates grow linearly with the batch."""
-        return self._extrapolate(batch, lambda x, y, meter: self.forward_backward(x, y, meter=meter))
+        return self.extrapolate(batch, lambda x, y, meter: self.forward_backward(x, y, meter=meter))
 
     def eval_bytes(self, batch: int) -> int:
         """What an evaluation step at ``batch`` allocates (its intermediates' peak), measured like ``step_bytes``."""
-        return self._extrapolate(batch, lambda x, y, meter: self._evaluate(x, meter=meter))
+        return self.extrapolate(batch, lambda x, y, meter: self._evaluate(x, meter=meter))
 
     def held_at_backward_start(self, batch: int):
         if self._backward_start is None:
@@ -195,7 +197,7 @@ class NumbaSession(Session):
             self._evaluate(zeros(1)[0], meter=meter)
         return meter.nbytes * batch
 
-    def _extrapolate(self, batch: int, run) -> int:
+    def extrapolate(self, batch: int, run) -> int:
         """Peak bytes of ``run(x, y, meter)`` at ``batch``, from runs at batch 1 and 2: what is held after each step
         grows linearly with the batch, so each step's holding is extrapolated and the largest taken. (The peak
         itself does not extrapolate: at batch 1 and 2 it may sit at a weight gradient's temporaries, which do not
@@ -216,7 +218,7 @@ class NumbaSession(Session):
         shape = model_input(self.artifact.manifest)["shape"][1:]
         if not all(isinstance(d, int) for d in shape):
             raise Unsupported(f"the input shape {shape} is not fixed; no memory estimate")
-        passes, bases = self._pass(), self.state.bases.state()
+        passes, bases = self.pass_index(), self.state.bases.state()
         try:
             yield lambda batch: (np.zeros((batch, *shape), np.float32), np.zeros(batch, np.int64))
         finally:

@@ -94,9 +94,9 @@ class OrtSession(Session):
         if not accumulate:
             self._module.lazy_reset_grad()  # the next run overwrites the gradient buffers instead of adding
         self._module.train()
-        feeds = self._feeds(inputs)
+        feeds = self.feeds(inputs)
         start = time.perf_counter()
-        labels = self._labels(labels, self._batch(feeds))
+        labels = self.label_array(labels, self.batch_size(feeds))
         loss = self._module(*[feeds[n] for n in self._module.input_names() if n in feeds], labels)
         if trace is not None:  # ORT runs forward and backward as one graph call
             trace.append(("forward_backward", "Module", "training graph", start, time.perf_counter()))
@@ -104,5 +104,5 @@ class OrtSession(Session):
 
     def eval_step(self, inputs: Inputs) -> np.ndarray:
         parameters = self.state.checkpoint.parameters
-        feeds = {**self._feeds(inputs), **{n: parameters[n].data for n in self._inference_params}}
+        feeds = {**self.feeds(inputs), **{n: parameters[n].data for n in self._inference_params}}
         return self.inference.run(None, feeds)[0]

@@ -196,8 +196,9 @@ class Session:
         """What the training method holds beyond gradients and moments (zo-hybrid: one parameter-sized draw)."""
         return 0
 
-    # -- shared by the engines -----------------------------------------------------------------------------------
-    def _feeds(self, inputs: Inputs) -> Dict[str, np.ndarray]:
+    # -- shared by the engines and the method sessions that extend them -----------------------------------------
+    def feeds(self, inputs: Inputs) -> Dict[str, np.ndarray]:
+        """The graph's inputs for a batch (an array: the image input), float32 and contiguous, shape-checked."""
         if not isinstance(inputs, Mapping):
             inputs = {self.artifact.input_name: inputs}
         feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
@@ -210,10 +211,10 @@ class Session:
         return feeds
 
     @staticmethod
-    def _batch(feeds) -> int:
+    def batch_size(feeds) -> int:
         return len(next(iter(feeds.values())))
 
-    def _labels(self, labels, batch: int) -> np.ndarray:
+    def label_array(self, labels, batch: int) -> np.ndarray:
         """Class indices, one per sample, in ``[0, classes)``: anything else would train silently on the wrong
         target (numpy reads -1 as the last class, and a cast truncates 2.7 to 2)."""
         labels = np.asarray(labels)

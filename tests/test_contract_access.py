@@ -1,6 +1,6 @@
 """The package's modules meet only through public names: no ``<object>._name`` read or written outside the module
-that defines ``_name`` (``self._x`` and ``cls._x`` inside a class are the class's own business), no private name
-imported from another module, and no probing of a session (``hasattr(session, ...)``, or ``getattr`` with a
+that defines ``_name``, no ``self._x`` that the class inherits from another package (a method's session extends the
+engine through its public hooks), no private name imported from another module, and no probing of a session (``hasattr(session, ...)``, or ``getattr`` with a
 default): callers read what a session declares (``capabilities``, ``zo``, ``state``, ``optimizer``)."""
 import ast
 from pathlib import Path
@@ -40,13 +40,14 @@ def _own(value) -> bool:
     return isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "super"
 
 
-def private_access(source: str, path: str = "<source>") -> list:
-    """``path:line: what`` for every private name this module reaches in another one."""
+def private_access(source: str, path: str = "<source>", package: frozenset = frozenset()) -> list:
+    """``path:line: what`` for every private name this module reaches in another one; ``package``: the names the
+    other modules of its folder define (a class may use what its own package defines)."""
     tree = ast.parse(source)
     defined, found = _defined(tree) | THIRD_PARTY.get(path, (set(),))[0], []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and _private(node.attr) and not _own(node.value) \
-                and node.attr not in defined:
+        if isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in defined and (
+                not _own(node.value) or node.attr not in package):
             found.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
         elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
             found += [f"{path}:{node.lineno}: from {node.module} import {alias.name}" for alias in node.names
@@ -71,6 +72,11 @@ def _sources(folders):
             yield path.relative_to(ROOT), path.read_text()
 
 
+def _package_names(folder: Path) -> frozenset:
+    """What the modules of one folder define."""
+    return frozenset().union(*(_defined(ast.parse(p.read_text())) for p in folder.glob("*.py")))
+
+
 def test_the_checks_catch_planted_violations():
     planted = """
 from edge_lbp.runtime.numba_session import _backward_start
@@ -86,12 +92,16 @@ class Mine:
 """
     assert [f.split(": ", 1)[1] for f in private_access(planted)] == [
         "from edge_lbp.runtime.numba_session import _backward_start", "session._passes", "session._feeds"]
+    inherited = "class Mine(NumbaSession):\n    def go(self, x):\n        return self._feeds(x), self._own_helper(x)\n"
+    assert [f.split(": ", 1)[1] for f in private_access(inherited, package=frozenset({"_own_helper"}))] == [
+        "self._feeds"]
     assert [f.split(": ", 1)[1] for f in session_probes(planted)] == [
         "hasattr(session, 'zo')", "getattr(self.session, 'zo', None)"]
 
 
 def test_no_private_name_is_reached_across_modules():
-    found = [f for path, source in _sources(PACKAGE) for f in private_access(source, str(path))]
+    found = [f for path, source in _sources(PACKAGE)
+             for f in private_access(source, str(path), _package_names((ROOT / path).parent))]
     assert not found, "\n".join(found)
 
 

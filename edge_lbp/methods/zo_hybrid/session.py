@@ -73,10 +73,10 @@ class ZOHybridSession(NumbaSession):
                                 random=self.random)
         self._draw_bytes = max(params[n].nbytes for n in self.zo_names)
 
-    def _training_state(self, params, trainable, moments, bases) -> ZOState:
+    def make_state(self, params, trainable, moments, bases) -> ZOState:
         return ZOState(params, trainable, moments, bases, self.zo_names, self.probes)
 
-    def _optimizer(self, graph) -> ZOOptimizer:
+    def make_optimizer(self, graph) -> ZOOptimizer:
         return ZOOptimizer(self.artifact, graph, self.state, self.grads, self.zo, self.zo_names, self.probes)
 
     def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace=None,
@@ -84,10 +84,10 @@ class ZOHybridSession(NumbaSession):
         if not accumulate:
             self.probes.clear()
         params = self.state.params
-        feeds = {**self._feeds(inputs), **params}  # the arrays themselves: perturbed in place
-        feeds[self.artifact.labels] = self._labels(labels, self._batch(feeds))
+        feeds = {**self.feeds(inputs), **params}  # the arrays themselves: perturbed in place
+        feeds[self.artifact.labels] = self.label_array(labels, self.batch_size(feeds))
         spans = [] if trace is not None else None
-        step, passes = self.state.step, self._pass()
+        step, passes = self.state.step, self.pass_index()
 
         def loss():
             self.random.reseed(self.seed, _ZO_PASS, step, passes)
@@ -109,10 +109,10 @@ class ZOHybridSession(NumbaSession):
     def step_bytes(self, batch: int) -> int:
         def run(x, y, meter):
             # A probe's forward at unperturbed parameters allocates what a perturbed one does, and moves nothing.
-            self.loss_graph.run({**self._feeds(x), **self.state.params, self.artifact.labels: y}, meter=meter)
+            self.loss_graph.run({**self.feeds(x), **self.state.params, self.artifact.labels: y}, meter=meter)
             NumbaSession.forward_backward(self, x, y, meter=meter)
 
-        return self._extrapolate(batch, run) + self._draw_bytes
+        return self.extrapolate(batch, run) + self._draw_bytes
 
     def extra_state_bytes(self) -> int:
         return self._draw_bytes
