@@ -23,7 +23,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_lbp.core.artifact import logits_output, model_input
+from edge_lbp.core.artifact import Artifact, logits_output, model_input
 
 # Files considered images in a class folder (anything else, e.g. a README or .DS_Store, is not data).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -63,13 +63,12 @@ class Dataset:
 def open_dataset(path, manifest, *, split: str = "train", classes: Optional[Sequence[str]] = None) -> Dataset:
     """Open an image folder (one sub-folder per class) or an ``.npz`` file for the model ``manifest`` describes.
 
-    ``manifest``: the artifact's manifest (a dict, or anything with a ``manifest`` attribute, e.g. a session's
-    artifact). ``split``: a folder uses ``path/split`` when that sub-folder exists, else ``path``; an ``.npz``
-    uses ``x_<split>``/``y_<split>`` (for ``val`` also ``x_test``/``y_test``), else ``x``/``y``. ``classes``:
+    ``manifest``: the artifact's manifest (a dict, or the :class:`~edge_lbp.core.artifact.Artifact` itself).
+    ``split``: a folder uses ``path/split`` when that sub-folder exists, else ``path``; an ``.npz`` uses ``x_<split>``/``y_<split>`` (for ``val`` also ``x_test``/``y_test``), else ``x``/``y``. ``classes``:
     the class order to label folders with (e.g. the training set's, so that validation labels agree); by default
     the sorted sub-folder names (an ``.npz`` has integer labels, named by its ``label_names`` if present).
     """
-    manifest = getattr(manifest, "manifest", manifest)
+    manifest = manifest.manifest if isinstance(manifest, Artifact) else manifest
     path = Path(path)
     shape = model_input(manifest)["shape"]
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):

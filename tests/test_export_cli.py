@@ -149,6 +149,7 @@ def _hardswish_onnx(path):
     (lambda d: ["vit-huge"], ["unknown model 'vit-huge'"]),
     (lambda d: ["vit-tiny", "--lbp", "lp-tri:x"], ["lp-tri:x"]),
     (lambda d: ["vit-tiny", "--method", "some"], ["unknown method 'some'"]),
+    (lambda d: ["vit-tiny", "--train", "some"], ["unknown method 'some'"]),  # the deprecated spelling too
     (lambda d: ["vit-tiny", "--input-shape", "3,32"], ["'3,32'", "C,H,W"]),
     (lambda d: ["vit-tiny", "--input-shape", "3,32,16"], ["square"]),
     (lambda d: ["vit-tiny", "--lr", "0"], ["--lr", "must be > 0"]),
@@ -161,7 +162,7 @@ def _hardswish_onnx(path):
     (lambda d: [f"hf:{d}"], ["hf:/", "no config.json"]),
     (lambda d: [(d / "config.json").write_text("{}") and f"hf:{d}"], ["no model.safetensors", "pickled"]),
 ], ids=["not-onnx", "no-gradient", "grid-5x5-e0", "grid-5x5", "missing-file", "unknown-model", "bad-lbp",
-        "bad-train", "short-shape", "non-square", "zero-lr", "extra-no-grid", "no-module", "factory-no-shape",
+        "bad-method", "bad-train", "short-shape", "non-square", "zero-lr", "extra-no-grid", "no-module", "factory-no-shape",
         "class-mismatch", "factory-signature", "hf-no-config", "hf-no-weights"])
 def test_bad_inputs_end_with_one_error_line(capsys, tmp_path, monkeypatch, make_args, fragments):
     monkeypatch.syspath_prepend(str(TESTS))

@@ -38,11 +38,15 @@ def test_a_wrong_spelling_is_one_line_naming_them_all(text):
 
 
 def test_old_spellings_work_with_one_notice():
-    with pytest.warns(FutureWarning, match="--train is deprecated: use --method lora:4") as caught:
+    with pytest.warns(FutureWarning, match="deprecated: --train lora:4 is --method lora:4") as caught:
         assert methods.resolve(None, train="lora:4").spec == "lora:4"
     assert len(caught) == 1
-    with pytest.warns(FutureWarning, match="--method backprop is deprecated"):
+    with pytest.warns(FutureWarning, match="deprecated: --method backprop is --method all$"):
         assert methods.resolve("backprop").spec == "all"
+    with pytest.warns(FutureWarning) as caught:  # both old spellings at once: one notice naming both
+        assert methods.resolve("backprop", train="head").spec == "head"
+    assert [str(w.message) for w in caught] == [
+        "deprecated: --method backprop is --method all; --train head is --method head"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the new spellings give no notice
         assert methods.resolve("head", train="all").spec == "head"
@@ -52,6 +56,10 @@ def test_old_spellings_work_with_one_notice():
 def test_a_method_and_an_old_trainable_set_together_are_refused():
     with pytest.raises(ValueError, match="--method zo-hybrid:1 chooses the trainable set itself"):
         methods.resolve("zo-hybrid:1", train="head")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a wrong old spelling is its error alone, no notice before it
+        with pytest.raises(ValueError, match="unknown method 'some'"):
+            methods.resolve(None, train="some")
     with pytest.raises(ValueError, match="--taps applies to --method side"):
         methods.resolve("lora:2", taps="1")
 
@@ -66,5 +74,5 @@ def test_the_cli_says_the_notice_in_one_line_and_exports(tmp_path, capsys, expor
 
     assert cli.main(["export", "vit-tiny", "-o", str(tmp_path / "art"), "--train", "head", "--lbp", "none"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert err == ["edge-lbp: warning: --train is deprecated: use --method head"]
+    assert err == ["edge-lbp: warning: deprecated: --train head is --method head"]
     assert (tmp_path / "art" / "manifest.json").is_file()

@@ -43,16 +43,22 @@ def parse(text: str, *, taps=None) -> Method:
 
 
 def resolve(method=None, *, train=None, taps=None) -> Method:
-    """``parse`` with the old spellings: ``train=X`` (``--train X``) and ``method="backprop"``, each with a notice."""
+    """``parse`` with the old spellings, ``train=X`` (``--train X``) and ``method="backprop"``: one notice naming
+    what was used, once the spelling is known to be good (a wrong one is only its error)."""
+    old = []
     if method == "backprop":
-        warnings.warn("--method backprop is deprecated: it is --method all", FutureWarning, stacklevel=3)
+        old.append("--method backprop is --method all")
         method = None
     if train not in (None, DEFAULT):
         if method not in (None, DEFAULT):
-            raise ValueError(f"--method {method} chooses the trainable set itself; leave --train at all")
-        warnings.warn(f"--train is deprecated: use --method {train}", FutureWarning, stacklevel=3)
+            raise ValueError(f"--method {method} chooses the trainable set itself; leave out --train (its deprecated "
+                             "spelling)")
+        old.append(f"--train {train} is --method {train}")
         method = train
-    return parse(method or DEFAULT, taps=taps)
+    chosen = parse(method or DEFAULT, taps=taps)
+    if old:
+        warnings.warn(f"deprecated: {'; '.join(old)}", FutureWarning, stacklevel=3)
+    return chosen
 
 
 def of_manifest(manifest: dict) -> Method:
