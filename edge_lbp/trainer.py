@@ -345,7 +345,7 @@ class Trainer:
         saved = sorted(k[len("param/"):] for k in tensors if k.startswith("param/"))
         if saved != sorted(self.session.state.trained):
             raise CheckpointError(f"{checkpoint_dir}: saved with {len(saved)} trainable tensors, {self.artifact_dir} "
-                                  f"trains {len(self.session.state.trained)} (another --train set?); resume "
+                                  f"trains {len(self.session.state.trained)} (another --method?); resume "
                                   "with the artifact it was saved from")
         recorded = meta.get("artifact_fingerprint")
         if recorded is not None and recorded != self.session.artifact.fingerprint:

@@ -1,4 +1,4 @@
-"""``export_model``: a model -> an artifact folder (forward ONNX -> ORT artifacts -> LBP rewrite -> folder).
+"""``export_artifact``: a model -> an artifact folder (forward ONNX -> ORT artifacts -> LBP rewrite -> folder).
 
 The model is a ``torch.nn.Module`` (its first output is the logits: a Hugging Face classifier is taken as it
 is), a preset name of ``edge_lbp.export.models.PRESETS``, a ``.onnx`` file, ``"package.module:factory"`` (the

@@ -36,7 +36,6 @@ class LbpConfig:
     extra_tokens: Optional[int] = None
     block: Union[int, str] = defaults.EXPORT_BLOCK  # a power of two, or "auto" (chosen per layer: auto_block)
     grad_padding: str = "reflect"
-    spec: str = defaults.SELECTION  # as the user spelled it (the manifest records it)
 
     @classmethod
     def parse(cls, lbp: str = defaults.SELECTION, *, grid=None, extra_tokens=None,
@@ -51,11 +50,16 @@ class LbpConfig:
             overrides.append((pattern.strip(), spec.strip()))
         block = defaults.AUTO if str(block).strip().lower() == defaults.AUTO else check_block(int(block))
         config = cls(default, tuple(overrides), parse_grid(grid) if grid is not None else None,
-                     None if extra_tokens is None else int(extra_tokens), block, spec=lbp)
+                     None if extra_tokens is None else int(extra_tokens), block)
         for spec in [default] + [s for _, s in overrides]:
             if spec != "none":
                 parse_selection(spec, defaults.BLOCK if block == defaults.AUTO else block)
         return config
+
+    @property
+    def spec(self) -> str:
+        """The ``--lbp`` spelling of this configuration (the manifest records it)."""
+        return ",".join([self.default, *(f"{pattern}={spec}" for pattern, spec in self.overrides)])
 
     def spec_for(self, weight: str) -> str:
         spec = self.default

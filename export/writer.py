@@ -21,7 +21,7 @@ def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, la
     ``training``: the rewritten training ModelProto; ``ort_dir``: the folder ``generate_training_artifacts`` wrote
     (eval and optimizer graphs and checkpoint are copied from it byte for byte); ``lbp``: the LBP config and
     per-layer table; ``model``: the source description; ``normalization``: ``(mean, std)`` per channel;
-    ``method``: the training method's record (``runtime.artifact.training_method``), None for plain backprop.
+    ``method``: the training method's record (``edge_lbp.core.artifact.training_method``), None for plain backprop.
 
     The folder is assembled next to ``out_dir`` and then moved into place, so a failure never leaves a half
     artifact. An existing ``out_dir`` is replaced only when it is empty or holds an artifact (a manifest).

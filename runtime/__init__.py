@@ -7,7 +7,8 @@ split as ONNX Runtime's training API: the session runs steps (``train_step``, ``
 (``lr``, ``kind``, ``set_learning_rate``, ``step``). The numba engine imports numpy, numba, onnx and safetensors
 only; the ort engine needs onnxruntime-training.
 
-Modules: ``artifact`` (the folder's format, reader and verifier), ``session`` (the engine contract),
+The artifact's format and reader are the core's (``edge_lbp.core.artifact``); which session an artifact's method
+needs is the method's (``edge_lbp.load``). Modules: ``session`` (the engine contract),
 ``numba_session`` and ``ort_session`` (the engines), ``graph`` (the node-by-node executor), ``registry`` and
 ``kernels/`` (op kernels), ``passes`` (load-time graph passes), ``inference`` (the adapted model as plain ONNX).
 """

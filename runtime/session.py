@@ -31,7 +31,7 @@ Inputs = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class Capabilities:
-    gradients: bool  # gradients(): the live gradient buffers, which the caller may scale in place (clipping)
+    gradients: bool  # gradients(): the live gradient buffers (their norm decides clipping; a caller may scale them)
     optimizer_state: bool  # state.optimizer_state() / set_optimizer_state(): step count and moments (checkpoints)
     forward_end_hook: bool  # forward_backward(on_forward_end=...) is called between forward and backward
     node_trace: bool  # trace spans per executed node (else one span per graph call)
