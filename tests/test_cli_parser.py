@@ -66,6 +66,15 @@ def test_lbp_help_names_every_selection(command):
         assert value in helps["lbp"], (command, value)
 
 
+def test_method_help_names_every_method():
+    from edge_lbp import methods
+
+    helps = {a.dest: a.help for n, _, a in _options() if n == "edge-lbp export"}
+    for method in methods.METHODS:
+        for spelling in method.SYNTAX.split(" | "):
+            assert spelling in helps["method"], spelling
+
+
 def test_shared_options_read_their_values_from_their_owners():
     from edge_lbp.core.defaults import OPTIMIZERS
     from edge_lbp.runtime import ENGINES
