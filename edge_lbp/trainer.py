@@ -44,13 +44,14 @@ class Trainer:
     (mean) gradient down to this global L2 norm when above it (numba engine); ``seed``: data order and
     augmentation in ``fit``, and the numba engine's Dropout and drop-path draws; ``max_rejected``: a step whose
     loss or gradients are not finite is rejected before the optimizer runs (a :class:`DivergenceWarning`), and
-    after this many in a row the run stops with a :class:`DivergenceError`; ``zo``: the ZO hyper-parameters of a
-    ``zo-hybrid`` artifact (``edge_lbp.core.zo.ZOConfig`` or a mapping; its ``lr`` follows the same schedule).
+    after this many in a row the run stops with a :class:`DivergenceError`; ``method_options``: the artifact's
+    method's options on the device, a mapping (zo-hybrid: ``edge_lbp.core.zo.ZOConfig``'s fields; its ``lr``
+    follows the same schedule). ``zo=`` is its deprecated spelling.
     """
 
     def __init__(self, artifact_dir, *, engine: str = "auto", threads=None, lr=None, schedule: str = "constant",
                  warmup_steps: int = 0, accumulate: int = 1, clip_norm=None, seed: int = 0, total_steps=None,
-                 max_rejected: int = 10, zo=None):
+                 max_rejected: int = 10, method_options=None, zo=None):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if int(accumulate) < 1 or int(warmup_steps) < 0 or int(seed) < 0 or int(max_rejected) < 1:
@@ -61,8 +62,14 @@ class Trainer:
                 raise ValueError(f"{name} must be a positive finite number; got {value}")
         import edge_lbp
 
-        self.session = edge_lbp.load(artifact_dir, engine, threads=threads, seed=seed, zo=zo)
-        self.zo = self.session.zo.record() if self.session.zo is not None else None
+        if zo is not None:
+            if method_options is not None:
+                raise ValueError("give method_options alone (zo= is its deprecated spelling)")
+            warnings.warn("deprecated: Trainer(zo=...) is Trainer(method_options=...)", FutureWarning, stacklevel=2)
+            method_options = zo
+        self.session = edge_lbp.load(artifact_dir, engine, threads=threads, seed=seed, method_options=method_options)
+        options = self.session.method_options
+        self.method_options = options.record() if options is not None else None
         if clip_norm is not None and not self.session.capabilities.gradients:
             raise ValueError(f"clip_norm needs the numba engine: the {self.session.engine} engine keeps its "
                              "gradients inside ONNX Runtime, out of reach for scaling")
@@ -309,7 +316,8 @@ class Trainer:
             "artifact_fingerprint": self.session.artifact.fingerprint,
             "config": {"lr": self.peak_lr, "schedule": self.schedule, "warmup_steps": self.warmup_steps,
                        "total_steps": self.total_steps, "accumulate": self.accumulate, "clip_norm": self.clip_norm,
-                       "seed": self.seed, "max_rejected": self.max_rejected, "zo": self.zo},
+                       "seed": self.seed, "max_rejected": self.max_rejected,
+                       "method_options": self.method_options},
             "position": {"updates": self.updates, "optimizer_step": state["step"], "epoch": self.epoch,
                          "batch": self.batch, "running": self._running},
             "classes": self.classes,
@@ -324,7 +332,10 @@ class Trainer:
         tensors, meta = load_checkpoint(checkpoint_dir)
         try:
             position = _check_position(meta["position"], checkpoint_dir)
-            trainer = cls(artifact_dir or meta["artifact"], engine=engine, threads=threads, **meta["config"])
+            config = dict(meta["config"])
+            if "zo" in config:  # the previous release's name of method_options
+                config["method_options"] = config.pop("zo")
+            trainer = cls(artifact_dir or meta["artifact"], engine=engine, threads=threads, **config)
             trainer._check_checkpointable()
             trainer._check_same_artifact(checkpoint_dir, meta, tensors)
             trainer._load_parameters(checkpoint_dir, tensors)

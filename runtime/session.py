@@ -119,12 +119,13 @@ class Optimizer:
 class Session:
     """One artifact, one engine, as ORT's ``Module``: steps, evaluation, gradients, the memory probe and the
     capabilities; its ``state`` (:class:`TrainingState`) and ``optimizer`` (:class:`Optimizer`) are set by the
-    engine. ``zo``: the ZO hyper-parameters (``edge_lbp.core.zo.ZOConfig``) of a zo-hybrid session, else None."""
+    engine. ``method_options``: the options on the device of the artifact's method (a record with ``record()``:
+    zo-hybrid's ``edge_lbp.core.zo.ZOConfig``), else None."""
 
     engine = "?"
     capabilities = Capabilities(gradients=False, optimizer_state=False, forward_end_hook=False, node_trace=False,
                                 memory_estimate=False)
-    zo = None
+    method_options = None
     state: TrainingState
     optimizer: Optimizer
 

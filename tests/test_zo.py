@@ -1,4 +1,7 @@
 """zo-hybrid:K (ElasticZO): the SPSA estimate, its regenerated perturbations, the device session, resume."""
+import json
+import warnings
+
 import numpy as np
 import pytest
 import edge_lbp
@@ -94,7 +97,7 @@ def _batch(n=4, seed=0):
 def test_the_device_estimate_is_the_directional_derivative_of_exact_backprop(artifacts):
     """The session's g for a probe equals zᵀ∇L with ∇L from exact backprop of the same model (the numba engine's
     gradients, which the engine tests hold to ONNX Runtime's) up to O(ε²) and float32 rounding of the losses."""
-    zo = edge_lbp.load(artifacts / "zo-exact", threads=THREADS, zo={"probes": 3, "eps": 1e-3})
+    zo = edge_lbp.load(artifacts / "zo-exact", threads=THREADS, method_options={"probes": 3, "eps": 1e-3})
     exact = edge_lbp.load(artifacts / "exact", threads=THREADS)
     x, y = _batch()
     exact.forward_backward(x, y)
@@ -110,13 +113,13 @@ def test_the_device_estimate_is_the_directional_derivative_of_exact_backprop(art
 
 
 def test_an_update_moves_the_zo_part_along_its_probes_and_only_what_the_method_trains(artifacts):
-    session = edge_lbp.load(artifacts / "zo", threads=THREADS, zo={"lr": 1e-2})
+    session = edge_lbp.load(artifacts / "zo", threads=THREADS, method_options={"lr": 1e-2})
     before = session.state.parameters()
     session.train_step(*_batch())
     after = session.state.parameters()
     assert set(session.state.trained) == set(before) and set(session.zo_names).isdisjoint(session.artifact.trainable)
     assert all(not np.array_equal(after[n], before[n]) for n in session.state.trained if n.endswith("weight"))
-    frozen_lr = edge_lbp.load(artifacts / "zo", threads=THREADS, zo={"lr": 0.0})
+    frozen_lr = edge_lbp.load(artifacts / "zo", threads=THREADS, method_options={"lr": 0.0})
     frozen_lr.train_step(*_batch())
     # lr 0: the ZO part ends where the probes' restores left it (the last bit at most), the backprop part moves.
     moved = frozen_lr.state.parameters()
@@ -126,7 +129,7 @@ def test_an_update_moves_the_zo_part_along_its_probes_and_only_what_the_method_t
 def test_a_resumed_zo_run_continues_bit_for_bit(artifacts, tmp_path):
     folder = artifacts / "zo"
     config = {"schedule": "cosine", "warmup_steps": 1, "total_steps": 6, "accumulate": 2, "seed": 5,
-              "zo": {"probes": 2, "lr": 1e-3}}
+              "method_options": {"probes": 2, "lr": 1e-3}}
     data = [_batch(seed=i) for i in range(8)]
     straight = Trainer(folder, threads=THREADS, **config)
     straight_losses = [straight.step(x, y) for x, y in data]
@@ -134,7 +137,7 @@ def test_a_resumed_zo_run_continues_bit_for_bit(artifacts, tmp_path):
     losses = [first.step(x, y) for x, y in data[:4]]
     first.save(tmp_path / "ckpt")
     resumed = Trainer.resume(tmp_path / "ckpt", threads=THREADS)
-    assert resumed.zo == {"eps": 1e-3, "probes": 2, "lr": 1e-3}
+    assert resumed.method_options == {"eps": 1e-3, "probes": 2, "lr": 1e-3}
     losses += [resumed.step(x, y) for x, y in data[4:]]
     assert losses == straight_losses
     a, b = resumed.session.state.parameters(), straight.session.state.parameters()
@@ -147,12 +150,28 @@ def test_a_resumed_zo_run_continues_bit_for_bit(artifacts, tmp_path):
 def test_zo_needs_the_numba_engine_and_a_zo_artifact(artifacts):
     with pytest.raises(ValueError, match="numba engine only"):
         edge_lbp.load(artifacts / "zo", "ort")
-    with pytest.raises(ValueError, match="ZO options apply to zo-hybrid artifacts"):
-        Trainer(artifacts / "exact", zo={"lr": 1e-4})
+    with pytest.raises(ValueError, match="trains by --method all, which takes no options on the device"):
+        Trainer(artifacts / "exact", method_options={"lr": 1e-4})
     with pytest.raises(ValueError, match="chooses the trainable set itself"):
         export_model("vit-tiny", artifacts / "never", method="zo-hybrid:1", train="head")
     with pytest.raises(ValueError, match="unknown method"):
         export_model("vit-tiny", artifacts / "never", method="zo-hybrid:0")
+
+
+def test_the_previous_release_s_spelling_of_the_options_still_works(artifacts, tmp_path):
+    """``Trainer(zo=...)`` with one notice, and a checkpoint that records them as ``zo`` resumes with them."""
+    with pytest.warns(FutureWarning, match=r"deprecated: Trainer\(zo=...\) is Trainer\(method_options=...\)"):
+        trainer = Trainer(artifacts / "zo", threads=THREADS, zo={"probes": 2})
+    assert trainer.method_options == {"eps": 1e-3, "probes": 2, "lr": 1e-4}
+    trainer.step(*_batch())
+    trainer.save(tmp_path / "ckpt")
+    record_path = tmp_path / "ckpt" / "checkpoint.json"
+    record = json.loads(record_path.read_text())
+    record["metadata"]["config"]["zo"] = record["metadata"]["config"].pop("method_options")
+    record_path.write_text(json.dumps(record))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # resuming an old checkpoint is not the user's deprecated call
+        assert Trainer.resume(tmp_path / "ckpt", threads=THREADS).method_options == trainer.method_options
 
 
 def test_cli_exports_and_trains_a_zo_hybrid_artifact(tmp_path, capsys):
@@ -160,9 +179,9 @@ def test_cli_exports_and_trains_a_zo_hybrid_artifact(tmp_path, capsys):
     assert main(["export", "vit-tiny", "-o", str(out), "--method", "zo-hybrid:1", "--num-classes", "3"]) == 0
     assert main(["train", str(out), "--data", str(data), "--epochs", "1", "--batch-size", "4", "--threads", "1",
                  "--zo-lr", "1e-4", "--zo-probes", "2", "--checkpoint", str(tmp_path / "ck")]) == 0
-    assert Trainer.resume(tmp_path / "ck").zo == {"eps": 1e-3, "probes": 2, "lr": 1e-4}
+    assert Trainer.resume(tmp_path / "ck").method_options == {"eps": 1e-3, "probes": 2, "lr": 1e-4}
     capsys.readouterr()
     exact = tmp_path / "exact"
     export_model("vit-tiny", exact, num_classes=3)
     assert main(["train", str(exact), "--data", str(data), "--epochs", "1", "--zo-eps", "1e-2"]) == 2
-    assert "ZO options apply to zo-hybrid artifacts" in capsys.readouterr().err
+    assert "takes no options on the device (given: eps)" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """``edge-lbp train`` and ``edge-lbp eval``: the Trainer on an image folder or ``.npz``, from the command line."""
 import contextlib
+import dataclasses
 import sys
 
 from edge_lbp.cli import options
@@ -29,11 +30,14 @@ def add_parser(commands) -> None:
     cmd.add_argument("--max-rejected", type=options.count, default=10, metavar="N",
                      help="stop after N steps in a row with a non-finite loss or gradient (default: %(default)s)")
     options.add_seed(cmd)
-    zo = cmd.add_argument_group("zo-hybrid artifacts (defaults: edge_lbp.core.zo.ZOConfig)")
-    zo.add_argument("--zo-eps", type=options.positive, metavar="X", help="SPSA perturbation scale (default: 1e-3)")
-    zo.add_argument("--zo-probes", type=options.count, metavar="N", help="SPSA probes per step (default: 1)")
-    zo.add_argument("--zo-lr", type=options.non_negative, metavar="X",
-                    help="peak learning rate of the ZO part, plain SGD, same schedule (default: 1e-4)")
+    groups = {}
+    for method, option in _device_options():
+        if method not in groups:
+            groups[method] = cmd.add_argument_group(f"{method.SYNTAX} artifacts")
+        kind = type(option.default)
+        groups[method].add_argument(f"--{method.OPTION_PREFIX}-{option.name}", dest=_dest(method, option),
+                                    type=kind, metavar="N" if kind is int else "X",
+                                    help=f"{option.metadata['help']} (default: {option.default})")
     cmd.set_defaults(run=train)
 
     cmd = commands.add_parser("eval", help="loss and accuracy of an artifact (or a checkpoint) on data")
@@ -83,7 +87,7 @@ def _train(args) -> int:
         trainer = Trainer(args.artifact, engine=args.engine, threads=args.threads, lr=args.lr,
                           schedule=args.schedule, warmup_steps=args.warmup_steps, accumulate=args.accumulate,
                           clip_norm=args.clip_norm, seed=args.seed, max_rejected=args.max_rejected,
-                          zo=_zo_options(args))
+                          method_options=_method_options(args))
     train = open_dataset(args.data, trainer.manifest, split="train", classes=trainer.classes)
     val = open_dataset(args.val, trainer.manifest, split="val", classes=train.classes) if args.val else None
     print(f"train: {len(train)} images, {len(train.classes)} classes ({train.source})"
@@ -108,10 +112,24 @@ def _train(args) -> int:
     return 0
 
 
-def _zo_options(args):
-    """The ZO hyper-parameters given on the command line (the others keep their defaults); None when none is."""
-    given = {k: v for k, v in (("eps", args.zo_eps), ("probes", args.zo_probes), ("lr", args.zo_lr)) if v is not None}
-    return given or None
+def _device_options():
+    """``(method, field)`` of every method's options on the device (``Method.OPTIONS``): zo-hybrid's ``--zo-eps``,
+    ``--zo-probes``, ``--zo-lr``."""
+    from edge_lbp.methods import METHODS
+
+    return [(method, option) for method in METHODS if method.OPTIONS is not None
+            for option in dataclasses.fields(method.OPTIONS)]
+
+
+def _dest(method, option) -> str:
+    return f"{method.OPTION_PREFIX}_{option.name}"
+
+
+def _method_options(args):
+    """The method options given on the command line (the others keep their defaults); None when none is. The
+    artifact's method checks them: another method's refuses them in one line."""
+    given = {option.name: vars(args)[_dest(method, option)] for method, option in _device_options()}
+    return {name: value for name, value in given.items() if value is not None} or None
 
 
 def evaluate(args) -> int:

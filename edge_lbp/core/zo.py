@@ -12,7 +12,7 @@ numpy only: the device side (``edge_lbp.methods.zo_hybrid.session``) and the tes
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -31,9 +31,9 @@ class ZOConfig:
     the ZO noise erodes the pretrained blocks.
     """
 
-    eps: float = 1e-3
-    probes: int = 1
-    lr: float = 1e-4
+    eps: float = field(default=1e-3, metadata={"help": "SPSA perturbation scale"})
+    probes: int = field(default=1, metadata={"help": "SPSA probes per step"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate of the ZO part, plain SGD, same schedule"})
 
     def __post_init__(self):
         if not (math.isfinite(self.eps) and self.eps > 0 and math.isfinite(self.lr) and self.lr >= 0):

@@ -84,16 +84,19 @@ def export_model(model, out_dir, *, method=None, train=None, taps=None, lbp=defa
     return export_artifact(model, out_dir, method=chosen, lbp=config, **options)
 
 
-def load(artifact_dir, engine: str = "auto", *, threads=None, verify: bool = True, seed: int = 0, zo=None):
+def load(artifact_dir, engine: str = "auto", *, threads=None, verify: bool = True, seed: int = 0,
+         method_options=None):
     """Open an artifact folder for training with the session its method needs (see ``edge_lbp.runtime``'s
-    ``open_engine`` for ``engine``, ``threads`` and ``seed``); ``zo``: the ZO hyper-parameters of a zo-hybrid
-    artifact (``edge_lbp.core.zo.ZOConfig`` or a mapping)."""
+    ``open_engine`` for ``engine``, ``threads`` and ``seed``); ``method_options``: the method's options on the
+    device (a mapping; zo-hybrid's are ``edge_lbp.core.zo.ZOConfig``'s fields), the session's
+    ``method_options`` then."""
     from edge_lbp.runtime import check_engine
     from edge_lbp.core.artifact import Artifact
 
     engine = check_engine(engine)
     artifact = Artifact.open(artifact_dir, verify=verify)
-    return of_manifest(artifact.manifest).open_session(artifact, engine, seed=seed, threads=threads, zo=zo)
+    return of_manifest(artifact.manifest).open_session(artifact, engine, seed=seed, threads=threads,
+                                                       options=method_options)
 
 
 def inference_model(session):

@@ -40,6 +40,10 @@ class Method:
 
     spec: str  # this method as the user spelled it, normalised ("lora:8")
     NOT_FOR_ONNX: ClassVar[Optional[str]] = None  # why an ONNX file (no torch module to adapt) cannot take it
+    # Options on the device: a frozen dataclass with ``of(mapping)`` and ``record()`` (each field's metadata
+    # ``help`` for the CLI's ``--<OPTION_PREFIX>-<field>``), or None for a method that takes none.
+    OPTIONS: ClassVar[Optional[type]] = None
+    OPTION_PREFIX: ClassVar[str] = ""
 
     # -- workstation ---------------------------------------------------------------------------------------------
     def adapt(self, model, num_classes=None):
@@ -60,13 +64,14 @@ class Method:
         return None
 
     # -- device --------------------------------------------------------------------------------------------------
-    def open_session(self, artifact, engine: str, *, seed: int, threads, zo):
-        """The session that trains an artifact of this method on ``engine``."""
+    def open_session(self, artifact, engine: str, *, seed: int, threads, options=None):
+        """The session that trains an artifact of this method on ``engine``; ``options``: the method's device
+        options (a mapping of its ``OPTIONS`` fields), refused by a method that takes none."""
         from edge_lbp.runtime import open_engine
 
-        if zo is not None:
-            raise ValueError(f"{artifact.folder}: ZO options apply to zo-hybrid artifacts; this one trains "
-                             f"{self.spec} (export it with --method zo-hybrid:K)")
+        if options:
+            raise ValueError(f"{artifact.folder}: this artifact trains by --method {self.spec}, which takes no "
+                             f"options on the device (given: {', '.join(sorted(options))})")
         return open_engine(artifact, engine, seed=seed, threads=threads)
 
     def fold(self, graph: onnx.ModelProto, params: Dict[str, np.ndarray]):

@@ -43,9 +43,9 @@ def worker(args):
     from edge_lbp.memory import PeakMemory
     from edge_lbp.trainer import Trainer
 
-    zo = {"lr": args.zo_lr} if args.zo_lr is not None and args.worker.startswith("zo") else None
+    options = {"lr": args.zo_lr} if args.zo_lr is not None and args.worker.startswith("zo") else None
     trainer = Trainer(args.artifact, threads=args.threads, seed=args.seeds[0], schedule="cosine", warmup_steps=20,
-                      zo=zo)
+                      method_options=options)
     memory = PeakMemory()
     memory.reset()
     loaded = psutil.Process().memory_info().rss

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from edge_lbp.core.zo import ZOConfig
 from edge_lbp.methods.base import Method, choose
 from edge_lbp.methods.partial import last_blocks
 
@@ -19,6 +20,7 @@ _SPEC = re.compile(r"zo-hybrid:([1-9]\d*)")
 class ZOHybrid(Method):
     SYNTAX = "zo-hybrid:K"
     name = NAME
+    OPTIONS, OPTION_PREFIX = ZOConfig, "zo"
 
     def __init__(self, blocks: int):
         self.blocks, self.spec = blocks, f"{NAME}:{blocks}"
@@ -54,10 +56,10 @@ class ZOHybrid(Method):
         state = memory.state_copies * sum(memory.parameters[n] for n in trained) + draw
         return max(memory.inference, kept + memory.working), state
 
-    def open_session(self, artifact, engine, *, seed, threads, zo):
+    def open_session(self, artifact, engine, *, seed, threads, options=None):
         if engine != "numba":
             raise ValueError(f"{artifact.folder}: a zo-hybrid artifact trains on the numba engine only (the {engine} "
                              "engine would train the backprop part alone)")
         from edge_lbp.methods.zo_hybrid.session import ZOHybridSession
 
-        return ZOHybridSession(artifact, seed, zo, threads)
+        return ZOHybridSession(artifact, seed, options, threads)

@@ -57,8 +57,8 @@ class ZOOptimizer(NumbaOptimizer):
 
 
 class ZOHybridSession(NumbaSession):
-    def __init__(self, artifact: Artifact, seed: int = 0, zo=None, threads=None):
-        self.zo = ZOConfig.of(zo)
+    def __init__(self, artifact: Artifact, seed: int = 0, options=None, threads=None):
+        self.method_options = ZOConfig.of(options)
         self.zo_names = list(training_method(artifact.manifest).get("zo", ()))
         self.probes = []  # (key, projected gradient) of every probe since the last update
         super().__init__(artifact, seed, threads)
@@ -77,7 +77,8 @@ class ZOHybridSession(NumbaSession):
         return ZOState(params, trainable, moments, bases, self.zo_names, self.probes)
 
     def make_optimizer(self, graph) -> ZOOptimizer:
-        return ZOOptimizer(self.artifact, graph, self.state, self.grads, self.zo, self.zo_names, self.probes)
+        return ZOOptimizer(self.artifact, graph, self.state, self.grads, self.method_options, self.zo_names,
+                           self.probes)
 
     def forward_backward(self, inputs: Inputs, labels, *, accumulate: bool = False, trace=None,
                          on_forward_end=None, meter=None) -> float:
@@ -93,9 +94,10 @@ class ZOHybridSession(NumbaSession):
             self.random.reseed(self.seed, _ZO_PASS, step, passes)
             return self.loss_graph.run(feeds, trace=spans, meter=meter)[0]
 
-        for probe in range(self.zo.probes):
+        zo = self.method_options
+        for probe in range(zo.probes):
             key = probe_key(self.seed, step, passes, probe)
-            self.probes.append((key, spsa_probe(loss, params, self.zo_names, key, self.zo.eps)[0]))
+            self.probes.append((key, spsa_probe(loss, params, self.zo_names, key, zo.eps)[0]))
         if trace is not None:
             trace.extend(("forward", op, name, t0, t1) for op, name, t0, t1 in spans)
         return super().forward_backward(inputs, labels, accumulate=accumulate, trace=trace,
