@@ -13,6 +13,7 @@ from edge_lbp.core.gradients import GradientError, build_training_graph
 from edge_lbp.export.onnx_export import export_forward
 from edge_lbp.export.training import parameter_names
 from edge_lbp.runtime.graph import Graph
+from edge_lbp.runtime.passes import accumulate_in_place, fold_transpose_into_gemm
 
 BATCH = 3
 
@@ -144,3 +145,47 @@ def test_an_op_without_rule_is_named_in_one_line():
     with pytest.raises(GradientError) as err:
         build_training_graph(forward, ["w"], [])
     assert str(err.value) == "no gradient rule for node '/Tanh' (op Tanh); it cannot be trained through"
+
+
+def _run_training_file(path, forward, trainable, frozen, x, labels):
+    """Loss and gradients of one pass of a training_model.onnx on the graph executor, after the numba session's
+    load-time passes (which fuse the weight gradients into their accumulators)."""
+    model = onnx.load(str(path))
+    params = {t.name: numpy_helper.to_array(t) for t in forward.graph.initializer}
+    buffers = {p: np.zeros_like(params[p]) for p in trainable}
+    feeds = {"input": x, ort_names.LABELS: labels, ort_names.LAZY_RESET: np.array([True]),
+             **{p: params[p] for p in trainable + frozen},
+             **{ort_names.accumulation_buffer(p): b for p, b in buffers.items()}}
+    return Graph(accumulate_in_place(fold_transpose_into_gemm(model))).run(feeds)[0], buffers, model
+
+
+@pytest.mark.parametrize("preset", ["mlp", "vit-tiny"])
+def test_opt_in_own_gradients_match_ort_training(preset, tmp_path):
+    """``gradients="own"`` writes our training graph beside ORT's other artifacts: the same inputs and outputs
+    as ORT's training graph for the model, and the same loss and gradients on the engine's executor."""
+    pytest.importorskip("onnxruntime.training")
+    from edge_lbp.export.models import build_model
+    from edge_lbp.export.training import generate_training_artifacts
+
+    torch.manual_seed(0)
+    module, shape = (Mlp(), (8,)) if preset == "mlp" else (build_model(preset), (3, 32, 32))
+    forward = export_forward(module, shape)
+    names = parameter_names(forward)
+    trainable, frozen = names[1:], names[:1]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((BATCH, *shape)).astype(np.float32)
+    labels = rng.integers(0, 4, BATCH).astype(np.int64)
+    runs = {}
+    for builder in ("ort", "own"):
+        paths = generate_training_artifacts(forward, tmp_path / builder, trainable, frozen, optimizer="sgd",
+                                            gradients=builder)
+        runs[builder] = _run_training_file(paths["training_model.onnx"], forward, trainable, frozen, x, labels)
+    (loss, ours, model), (ref_loss, ref, ort_model) = runs["own"], runs["ort"]
+    assert not any(o.domain == "ai.onnx.training" for o in model.opset_import)  # the file is ours, not ORT's
+    assert [i.name for i in model.graph.input] == [i.name for i in ort_model.graph.input]
+    # The loss comes first; ORT numbers its name with a counter that depends on the model.
+    assert [o.name for o in model.graph.output[1:]] == [o.name for o in ort_model.graph.output[1:]]
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for name in trainable:
+        scale = max(float(np.abs(ref[name]).max()), 1e-6)
+        np.testing.assert_allclose(ours[name], ref[name], rtol=1e-5, atol=1e-5 * scale, err_msg=name)

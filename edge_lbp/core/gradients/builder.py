@@ -1,8 +1,8 @@
 """Reverse-mode differentiation of a forward ONNX graph into the training graph the engines run.
 
 The training graph is laid out as onnxruntime-training 1.19 lays it out (``edge_lbp.core.ort_names``), so the
-engines, the load-time passes and the artifact contract take either: inputs ``(model inputs, labels, trainable
-parameters, frozen parameters, <p>_grad.accumulation.buffer..., lazy_reset_grad)``, outputs ``(loss,
+engines, the load-time passes and the artifact contract take either: inputs ``(model inputs, labels, parameters
+(trainable and frozen, in initializer order), <p>_grad.accumulation.buffer..., lazy_reset_grad)``, outputs ``(loss,
 <p>_grad.accumulation.out...)``; the forward nodes, then a mean ``SoftmaxCrossEntropyLoss`` on the logits, then
 every backward node of forward node ``F`` named ``F_Grad/<op>_<k>`` in reverse order, a gradient read by several
 nodes summed (``Sum``) into ``<x>_grad``, and one ``InPlaceAccumulatorV2`` per trainable parameter.
@@ -17,8 +17,8 @@ from edge_lbp.core.gradients.fusion import constant_values, fuse_gelu
 from edge_lbp.core.gradients.registry import GradientError
 
 MS = "com.microsoft"
-# The names ORT's loss block gives the loss node and its outputs (kept, so a graph reads the same from either
-# builder).
+# ORT's loss block names the loss node and its outputs with a running counter (these for a small MLP; vit-tiny
+# gets onnx::loss::14). The engines read the loss as the first output, never by name.
 LOSS, LOG_PROB, LOSS_NODE = "onnx::loss::2", "onnx::log_prob::3", "onnx::SoftmaxCrossEntropyLoss::4"
 
 
@@ -201,16 +201,19 @@ def build_training_graph(model, trainable, frozen):
     """The training ModelProto of forward ``model`` (one output, the logits) for parameters ``trainable`` (their
     gradients accumulate) and ``frozen`` (graph inputs without gradients). Raises GradientError naming the first
     node it cannot differentiate."""
-    trainable, frozen = list(trainable), list(frozen)
+    # ORT declares parameters, buffers and accumulator outputs in the forward's initializer order, whatever
+    # order the lists come in.
+    order = [t.name for t in model.graph.initializer]
+    unknown = [p for p in [*trainable, *frozen] if p not in order]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not an initializer of the forward model")
+    trainable, frozen = [p for p in order if p in set(trainable)], [p for p in order if p in set(frozen)]
     if len(model.graph.output) != 1:
         raise ValueError(f"the forward model must have one output (the logits), it has {len(model.graph.output)}")
     b = Builder(model)
     graph = b.forward.graph
     logits = graph.output[0].name
     params = {t.name: t for t in graph.initializer}
-    unknown = [p for p in trainable + frozen if p not in params]
-    if unknown:
-        raise ValueError(f"{unknown[0]!r} is not an initializer of the forward model")
     one = b.constant(ort_names.gradient(LOSS), np.array(1.0, np.float32))
     b.nodes.append(helper.make_node("SoftmaxCrossEntropyLoss", [logits, ort_names.LABELS], [LOSS, LOG_PROB],
                                     name=LOSS_NODE, reduction="mean"))
@@ -230,7 +233,8 @@ def build_training_graph(model, trainable, frozen):
     # A model that also lists its initializers as inputs (IR < 4 style) must not declare the parameters twice.
     inputs = [i for i in graph.input if i.name not in params]
     inputs += [helper.make_tensor_value_info(ort_names.LABELS, onnx.TensorProto.INT64, [batch])]
-    inputs += [helper.make_tensor_value_info(p, params[p].data_type, params[p].dims) for p in trainable + frozen]
+    inputs += [helper.make_tensor_value_info(p, params[p].data_type, params[p].dims) for p in order
+               if p in trainable or p in frozen]
     inputs += [*buffers, helper.make_tensor_value_info(ort_names.LAZY_RESET, onnx.TensorProto.BOOL, [1])]
     kept = [t for t in graph.initializer if t.name not in set(trainable + frozen)]
     training = helper.make_graph([*graph.node, *b.nodes], "training", inputs, outputs, [*kept, *b.initializers])
