@@ -18,17 +18,22 @@ from edge_lbp.runtime.passes import accumulate_in_place, fold_transpose_into_gem
 BATCH = 3
 
 
-def _grads_ours(forward, trainable, frozen, x, labels):
-    """Loss and accumulated gradients of one pass of our training graph on the graph executor."""
-    training = build_training_graph(forward, trainable, frozen)
-    onnx.checker.check_model(training)
+def _one_pass(training, forward, trainable, frozen, x, labels):
+    """Loss and accumulated gradients of one pass of a training graph on the graph executor, after the numba
+    session's load-time passes (which fuse weight gradients into their accumulators)."""
     params = {t.name: numpy_helper.to_array(t) for t in forward.graph.initializer}
     buffers = {p: np.full_like(params[p], np.nan) for p in trainable}  # overwritten: lazy_reset_grad is set
     feeds = {"input": x, ort_names.LABELS: labels, ort_names.LAZY_RESET: np.array([True]),
              **{p: params[p] for p in trainable + frozen},
              **{ort_names.accumulation_buffer(p): b for p, b in buffers.items()}}
-    loss = Graph(training, name="training graph").run(feeds)[0]
+    loss = Graph(accumulate_in_place(fold_transpose_into_gemm(training)), name="training graph").run(feeds)[0]
     return float(loss), buffers
+
+
+def _grads_ours(forward, trainable, frozen, x, labels):
+    training = build_training_graph(forward, trainable, frozen)
+    onnx.checker.check_model(training)
+    return _one_pass(training, forward, trainable, frozen, x, labels)
 
 
 def _grads_torch(module, x, labels):
@@ -49,12 +54,17 @@ def check(module, input_shape, classes, frozen=()):
     labels = rng.integers(0, classes, BATCH).astype(np.int64)
     loss, ours = _grads_ours(forward, trainable, list(frozen), x, labels)
     ref_loss, ref = _grads_torch(module, x, labels)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     assert set(ours) == set(trainable) and set(trainable) <= set(ref)
-    for name in trainable:
-        scale = max(float(np.abs(ref[name]).max()), 1e-6)
-        np.testing.assert_allclose(ours[name], ref[name], rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+    _assert_same(loss, ours, ref_loss, ref)
     return forward
+
+
+def _assert_same(loss, grads, ref_loss, ref):
+    """Loss and each gradient within 1e-5 (relative to the reference gradient's largest entry)."""
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for name, grad in grads.items():
+        scale = max(float(np.abs(ref[name]).max()), 1e-6)
+        np.testing.assert_allclose(grad, ref[name], rtol=1e-5, atol=1e-5 * scale, err_msg=name)
 
 
 class Op(nn.Module):
@@ -137,7 +147,7 @@ def test_vit_tiny_matches_torch():
     from edge_lbp.export.models import build_model
 
     torch.manual_seed(0)
-    check(build_model("vit-tiny").eval(), (3, 32, 32), 10)
+    check(build_model("vit-tiny"), (3, 32, 32), 10)
 
 
 def test_an_op_without_rule_is_named_in_one_line():
@@ -145,18 +155,6 @@ def test_an_op_without_rule_is_named_in_one_line():
     with pytest.raises(GradientError) as err:
         build_training_graph(forward, ["w"], [])
     assert str(err.value) == "no gradient rule for node '/Tanh' (op Tanh); it cannot be trained through"
-
-
-def _run_training_file(path, forward, trainable, frozen, x, labels):
-    """Loss and gradients of one pass of a training_model.onnx on the graph executor, after the numba session's
-    load-time passes (which fuse the weight gradients into their accumulators)."""
-    model = onnx.load(str(path))
-    params = {t.name: numpy_helper.to_array(t) for t in forward.graph.initializer}
-    buffers = {p: np.zeros_like(params[p]) for p in trainable}
-    feeds = {"input": x, ort_names.LABELS: labels, ort_names.LAZY_RESET: np.array([True]),
-             **{p: params[p] for p in trainable + frozen},
-             **{ort_names.accumulation_buffer(p): b for p, b in buffers.items()}}
-    return Graph(accumulate_in_place(fold_transpose_into_gemm(model))).run(feeds)[0], buffers, model
 
 
 @pytest.mark.parametrize("preset", ["mlp", "vit-tiny"])
@@ -179,13 +177,35 @@ def test_opt_in_own_gradients_match_ort_training(preset, tmp_path):
     for builder in ("ort", "own"):
         paths = generate_training_artifacts(forward, tmp_path / builder, trainable, frozen, optimizer="sgd",
                                             gradients=builder)
-        runs[builder] = _run_training_file(paths["training_model.onnx"], forward, trainable, frozen, x, labels)
+        model = onnx.load(paths["training_model.onnx"])
+        runs[builder] = (*_one_pass(model, forward, trainable, frozen, x, labels), model)
     (loss, ours, model), (ref_loss, ref, ort_model) = runs["own"], runs["ort"]
     assert not any(o.domain == "ai.onnx.training" for o in model.opset_import)  # the file is ours, not ORT's
     assert [i.name for i in model.graph.input] == [i.name for i in ort_model.graph.input]
     # The loss comes first; ORT numbers its name with a counter that depends on the model.
     assert [o.name for o in model.graph.output[1:]] == [o.name for o in ort_model.graph.output[1:]]
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    for name in trainable:
-        scale = max(float(np.abs(ref[name]).max()), 1e-6)
-        np.testing.assert_allclose(ours[name], ref[name], rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+    _assert_same(loss, ours, ref_loss, ref)
+
+
+def test_lbp_rewrite_of_our_graph_matches_the_rewrite_of_orts(tmp_path):
+    """The LBP rewrite finds the same layers in our vit-tiny graph as in ORT's, and the rewritten graphs give the
+    same (approximate, lp-tri:4) loss and gradients."""
+    pytest.importorskip("onnxruntime.training")
+    from edge_lbp.export.lbp_rewrite import LbpConfig, apply_lbp
+    from edge_lbp.export.models import build_model
+    from edge_lbp.export.training import generate_training_artifacts
+
+    torch.manual_seed(0)
+    forward = export_forward(build_model("vit-tiny"), (3, 32, 32))
+    names = parameter_names(forward)
+    paths = generate_training_artifacts(forward, tmp_path, names, [], optimizer="sgd")
+    rng = np.random.default_rng(2)
+    x, labels = rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, BATCH)
+    runs = []
+    for training in (build_training_graph(forward, names, []), onnx.load(paths["training_model.onnx"])):
+        rewritten, table = apply_lbp(training, forward, (3, 32, 32), LbpConfig.parse("lp-tri:4"))
+        runs.append(([(row["layer"], row["status"]) for row in table], _one_pass(rewritten, forward, names, [], x,
+                                                                                  labels)))
+    (ours_table, (loss, grads)), (ort_table, (ref_loss, ref)) = runs
+    assert ours_table == ort_table and [s for _, s in ours_table].count("rewritten") == 8
+    _assert_same(loss, grads, ref_loss, ref)
