@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from edge_lbp.core import ort_names
 from edge_lbp.core.gradients import registry
-from edge_lbp.core.gradients.fusion import constant_values, fuse_gelu
+from edge_lbp.core.gradients.forward import constant_values, fuse_gelu, stash_batchnorm
 from edge_lbp.core.gradients.registry import GradientError
 
 MS = "com.microsoft"
@@ -98,7 +98,7 @@ class NodeGradient:
 
 class Builder:
     def __init__(self, model):
-        self.forward = fuse_gelu(model)
+        self.forward = stash_batchnorm(fuse_gelu(model))
         inferred = onnx.shape_inference.infer_shapes(model)
         self.shapes = {vi.name: _shape(vi) for vi in (*inferred.graph.value_info, *inferred.graph.input,
                                                      *inferred.graph.output)}

@@ -18,7 +18,7 @@ def matmul(g):
         g.set(0, g.reduce_to(full, sy[:-2] + tuple(sa[-2:]), 0))
     if g.wants(1):
         if len(sb) == 2 and len(sa) > 2:
-            k, n = sa[-1], sb[-1]
+            k, n = sb  # the weight's shape is static where the activation's may not be
             if not isinstance(k, int) or not isinstance(n, int):
                 raise g.error("the weight product needs static inner dimensions")
             rows_a = g.emit("Reshape", [a, g.const("a_rows", [-1, k])])[0]

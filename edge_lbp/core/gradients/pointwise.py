@@ -1,4 +1,4 @@
-"""Gradient rules of the element-wise ops, the activations and LayerNormalization.
+"""Gradient rules of the element-wise ops, the activations and the normalisations.
 
 A binary op broadcasts its inputs to the output's shape; each input's gradient is summed back over the axes it
 was broadcast along (``NodeGradient.reduce_to``).
@@ -82,6 +82,17 @@ def layer_normalization(g):
         raise g.error("the mean and inverse standard deviation outputs are missing")
     grads = g.emit("LayerNormalizationGrad", [g.dy(), g.x(0), g.x(1), g.y(1), g.y(2)], n_out=3, domain=MS,
                    axis=g.attrs.get("axis", -1), epsilon=g.attrs.get("epsilon", 1e-5))
+    for i in (0, 1, 2):
+        if g.wants(i):
+            g.set(i, grads[i])
+
+
+@rule("BatchNormInternal", MS, inputs=(0, 1, 2))
+def batch_norm_internal(g):
+    """Training-mode batch normalisation (``forward.stash_batchnorm``): the gradient reads the saved batch
+    statistics (outputs 3, 4); the running statistics carry none."""
+    grads = g.emit("BatchNormalizationGrad", [g.dy(), g.x(0), g.x(1), g.y(3), g.y(4)], n_out=3, domain=MS,
+                   epsilon=g.attrs.get("epsilon", 1e-5))
     for i in (0, 1, 2):
         if g.wants(i):
             g.set(i, grads[i])

@@ -1,8 +1,11 @@
-"""Forward rewrites before differentiation: torch's erf-form GELU becomes one ``com.microsoft::Gelu``.
+"""Forward rewrites before differentiation, the ones ORT's training graphs make too.
 
-``torch.nn.functional.gelu`` exports as ``Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)``; differentiating those
-five nodes one by one would need an ``Erf`` gradient (``exp``, which the engine lacks) and keep four temporaries
-per GELU alive for the backward. ORT's ``GeluFusion`` makes the same rewrite; ``GeluGrad`` then needs only ``x``.
+- torch's erf-form GELU becomes one ``com.microsoft::Gelu``: ``torch.nn.functional.gelu`` exports as
+  ``Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)``; differentiating those five nodes one by one would need an
+  ``Erf`` gradient (``exp``, which the engine lacks) and keep four temporaries per GELU alive for the backward.
+  ``GeluGrad`` needs only ``x``.
+- A training-mode ``BatchNormalization`` becomes ``com.microsoft::BatchNormInternal``, which also outputs the
+  batch mean and inverse standard deviation that ``BatchNormalizationGrad`` reads (named as ORT names it).
 """
 import math
 
@@ -65,7 +68,28 @@ def fuse_gelu(model):
         return model
     nodes = [replaced.get(id(n), n) for n in graph.node if id(n) not in fused]
     read = {i for n in nodes for i in n.input} | outputs
-    nodes = [n for n in nodes if n.op_type != "Constant" or n.output[0] in read]
+    return _with_nodes(model, [n for n in nodes if n.op_type != "Constant" or n.output[0] in read])
+
+
+def stash_batchnorm(model):
+    """A copy of ``model`` with every training-mode BatchNormalization ``B`` replaced by ``B_BatchNormInternal``
+    (the same inputs and outputs, plus ``B_saved_mean`` and ``B_saved_inv_std``)."""
+    nodes, changed = [], False
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "BatchNormalization" or node.domain or not attrs.get("training_mode", 0):
+            nodes.append(node)
+            continue
+        outputs = list(node.output) + [""] * (3 - len(node.output))
+        nodes.append(helper.make_node(
+            "BatchNormInternal", list(node.input), [*outputs, f"{node.name}_saved_mean", f"{node.name}_saved_inv_std"],
+            name=f"{node.name}_BatchNormInternal", domain=MS, training_mode=1, epsilon=attrs.get("epsilon", 1e-5),
+            momentum=attrs.get("momentum", 0.9)))
+        changed = True
+    return _with_nodes(model, nodes) if changed else model
+
+
+def _with_nodes(model, nodes):
     out = type(model)()
     out.CopyFrom(model)
     del out.graph.node[:]
