@@ -15,8 +15,8 @@ from edge_lbp.core import ort_names
 from edge_lbp.core.gradients import registry
 from edge_lbp.core.gradients.forward import constant_values, fuse_gelu, stash_batchnorm
 from edge_lbp.core.gradients.registry import GradientError
+from edge_lbp.core.ops import MICROSOFT as MS
 
-MS = "com.microsoft"
 # ORT's loss block names the loss node and its outputs with a running counter (these for a small MLP; vit-tiny
 # gets onnx::loss::14). The engines read the loss as the first output, never by name.
 LOSS, LOG_PROB, LOSS_NODE = "onnx::loss::2", "onnx::log_prob::3", "onnx::SoftmaxCrossEntropyLoss::4"
@@ -97,6 +97,9 @@ class NodeGradient:
 
 
 class Builder:
+    """The forward graph (rewritten: ``forward``), its static shapes and constants, and the backward nodes and
+    constants appended so far."""
+
     def __init__(self, model):
         self.forward = stash_batchnorm(fuse_gelu(model))
         inferred = onnx.shape_inference.infer_shapes(model)

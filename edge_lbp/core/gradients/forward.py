@@ -11,7 +11,7 @@ import math
 
 from onnx import helper, numpy_helper
 
-MS = "com.microsoft"
+from edge_lbp.core.ops import MICROSOFT as MS
 
 
 def constant_values(graph):

@@ -1,7 +1,6 @@
 """Gradient rules of the products: MatMul and Gemm."""
 from edge_lbp.core.gradients.registry import rule
-
-MS = "com.microsoft"
+from edge_lbp.core.ops import MICROSOFT as MS
 
 
 @rule("MatMul", inputs=(0, 1))

@@ -4,8 +4,7 @@ A binary op broadcasts its inputs to the output's shape; each input's gradient i
 was broadcast along (``NodeGradient.reduce_to``).
 """
 from edge_lbp.core.gradients.registry import rule
-
-MS = "com.microsoft"
+from edge_lbp.core.ops import MICROSOFT as MS
 
 
 def _binary(g, parts):

@@ -4,8 +4,8 @@ import math
 import numpy as np
 
 from edge_lbp.core.gradients.registry import no_gradient, rule
+from edge_lbp.core.ops import MICROSOFT as MS
 
-MS = "com.microsoft"
 
 # Shape arithmetic, comparisons and constants: their outputs do not depend differentiably on anything.
 no_gradient("Shape", "Size", "Constant", "ConstantOfShape", "Equal", "Less", "Greater", "GreaterOrEqual",
