@@ -4,16 +4,17 @@ gradient), one small model per rule and whole models; and its naming against wha
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
-from torch import nn
 
-from edge_lbp.core import ort_names
-from edge_lbp.core.gradients import GradientError, build_training_graph
-from edge_lbp.export.onnx_export import export_forward
-from edge_lbp.export.training import parameter_names
-from edge_lbp.runtime.graph import Graph
-from edge_lbp.runtime.passes import accumulate_in_place, fold_transpose_into_gemm
+torch = pytest.importorskip("torch", reason="the export extra is not installed (the reference is torch autograd)")
+nn = torch.nn
+
+from edge_lbp.core import ort_names  # noqa: E402
+from edge_lbp.core.gradients import GradientError, build_training_graph  # noqa: E402
+from edge_lbp.export.onnx_export import export_forward  # noqa: E402
+from edge_lbp.export.training import parameter_names  # noqa: E402
+from edge_lbp.runtime.graph import Graph  # noqa: E402
+from edge_lbp.runtime.passes import accumulate_in_place, fold_transpose_into_gemm  # noqa: E402
 
 BATCH = 3
 
@@ -162,10 +163,9 @@ def test_an_op_without_rule_is_named_in_one_line():
 
 
 @pytest.mark.parametrize("preset", ["mlp", "vit-tiny"])
-def test_opt_in_own_gradients_match_ort_training(preset, tmp_path):
+def test_opt_in_own_gradients_match_ort_training(preset, tmp_path, export_extra):
     """``gradients="own"`` writes our training graph beside ORT's other artifacts: the same inputs and outputs
     as ORT's training graph for the model, and the same loss and gradients on the engine's executor."""
-    pytest.importorskip("onnxruntime.training")
     from edge_lbp.export.models import build_model
     from edge_lbp.export.training import generate_training_artifacts
 
@@ -191,10 +191,9 @@ def test_opt_in_own_gradients_match_ort_training(preset, tmp_path):
     _assert_same(loss, ours, ref_loss, ref)
 
 
-def test_lbp_rewrite_of_our_graph_matches_the_rewrite_of_orts(tmp_path):
+def test_lbp_rewrite_of_our_graph_matches_the_rewrite_of_orts(tmp_path, export_extra):
     """The LBP rewrite finds the same layers in our vit-tiny graph as in ORT's, and the rewritten graphs give the
     same (approximate, lp-tri:4) loss and gradients."""
-    pytest.importorskip("onnxruntime.training")
     from edge_lbp.export.lbp_rewrite import LbpConfig, apply_lbp
     from edge_lbp.export.models import build_model
     from edge_lbp.export.training import generate_training_artifacts
