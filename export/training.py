@@ -16,12 +16,12 @@ from pathlib import Path
 
 from edge_lbp.core import ort_names
 from edge_lbp.core.defaults import OPTIMIZERS
+from edge_lbp.core.gradients import GradientError, build_training_graph
 
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
-
-
-class GradientError(ValueError):
-    """ORT could not build the gradient graph; the message names the node and its op."""
+# Who builds the training graph: ORT's gradient builder (the default, for now) or ours (edge_lbp.core.gradients;
+# ORT still writes the eval and optimizer graphs and the checkpoint).
+GRADIENTS = ("ort", "own")
 
 
 def parameter_names(model):
@@ -33,13 +33,13 @@ def parameter_names(model):
             if t.data_type == onnx.TensorProto.FLOAT and t.name not in running]
 
 
-def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer="adamw"):
+def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer="adamw", gradients="ort"):
     """Write training_model.onnx, eval_model.onnx, optimizer_model.onnx and checkpoint into ``out_dir``.
 
     ``model`` is a forward ModelProto as returned by ``onnx_export.export_forward``/``load_onnx`` (one output, the
-    logits); ``trainable`` and ``frozen``: parameter names (a method's ``split``). Returns a dict with the artifact
-    paths and ``labels`` (the label input's name).
-    Raises GradientError when ORT cannot differentiate a node.
+    logits); ``trainable`` and ``frozen``: parameter names (a method's ``split``); ``gradients``: one of
+    ``GRADIENTS``. Returns a dict with the artifact paths and ``labels`` (the label input's name).
+    Raises GradientError when the gradient builder cannot differentiate a node.
     """
     import onnx
     from onnxruntime.training import artifacts
@@ -47,6 +47,10 @@ def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer=
     optim = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}.get(optimizer)
     if optim is None:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if gradients not in GRADIENTS:
+        raise ValueError(f"unknown gradient builder {gradients!r}; choose one of {', '.join(GRADIENTS)}")
+    # Ours first: a node it cannot differentiate fails before ORT spends its time.
+    own = build_training_graph(model, trainable, frozen) if gradients == "own" else None
     if len(model.graph.output) != 1:
         raise ValueError(f"the forward model must have one output (the logits), it has {len(model.graph.output)}")
     out = Path(out_dir)
@@ -57,6 +61,8 @@ def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer=
                                      artifact_directory=out)
     except Exception as exc:
         raise translate_gradient_error(exc, model) from None
+    if own is not None:
+        onnx.save(own, out / "training_model.onnx")
     eval_path = out / "eval_model.onnx"
     onnx.save(trim_inference_batchnorm_outputs(onnx.load(eval_path)), eval_path)
     paths = {name: out / name for name in ARTIFACT_FILES}

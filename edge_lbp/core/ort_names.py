@@ -29,6 +29,11 @@ def accumulation_buffer(param: str) -> str:
     return f"{param}_grad.accumulation.buffer"
 
 
+def accumulation_output(param: str) -> str:
+    """The accumulator's output (bool[1], 'updated'): the training graph's outputs after the loss."""
+    return f"{param}_grad.accumulation.out"
+
+
 def forward_node_of(node_name: str):
     """The forward node a backward node belongs to (``F`` of ``F_Grad/...``), or None."""
     return node_name.split(GRAD_SCOPE)[0] if GRAD_SCOPE in node_name else None

@@ -1,0 +1,99 @@
+"""Forward rewrites before differentiation, the ones ORT's training graphs make too.
+
+- torch's erf-form GELU becomes one ``com.microsoft::Gelu``: ``torch.nn.functional.gelu`` exports as
+  ``Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)``; differentiating those five nodes one by one would need an
+  ``Erf`` gradient (``exp``, which the engine lacks) and keep four temporaries per GELU alive for the backward.
+  ``GeluGrad`` needs only ``x``.
+- A training-mode ``BatchNormalization`` becomes ``com.microsoft::BatchNormInternal``, which also outputs the
+  batch mean and inverse standard deviation that ``BatchNormalizationGrad`` reads (named as ORT names it).
+"""
+import math
+
+from onnx import helper, numpy_helper
+
+from edge_lbp.core.ops import MICROSOFT as MS
+
+
+def constant_values(graph):
+    """Initializers and Constant outputs by name, as arrays."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _is(values, name, number):
+    value = values.get(name)
+    return value is not None and value.size == 1 and abs(float(value.reshape(-1)[0]) - number) < 1e-6
+
+
+def fuse_gelu(model):
+    """A copy of ``model`` with every erf-form GELU replaced by a ``Gelu`` node (the Erf's name, ``Erf`` ->
+    ``Gelu``); constants left unread are dropped."""
+    graph = model.graph
+    values = constant_values(graph)
+    readers, producer = {}, {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+        for name in node.output:
+            producer[name] = node
+    outputs = {o.name for o in graph.output}
+
+    def only_reader(name, op_type):
+        found = readers.get(name, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op_type and name not in outputs else None
+
+    def other(node, name):
+        return node.input[1] if node.input[0] == name else node.input[0]
+
+    replaced, fused = {}, set()
+    for erf in graph.node:
+        div = producer.get(erf.input[0]) if erf.op_type == "Erf" else None
+        if div is None or div.op_type != "Div" or not _is(values, div.input[1], math.sqrt(2)):
+            continue
+        x = div.input[0]
+        add = only_reader(erf.output[0], "Add")
+        mul = add and only_reader(add.output[0], "Mul")
+        half = mul and only_reader(mul.output[0], "Mul")
+        if not (half and _is(values, other(add, erf.output[0]), 1.0) and other(mul, add.output[0]) == x
+                and _is(values, other(half, mul.output[0]), 0.5) and only_reader(div.output[0], "Erf")):
+            continue
+        scope, slash, last = erf.name.rpartition("/")
+        name = scope + slash + last.replace("Erf", "Gelu", 1)  # /mlp/act/Erf_1 -> /mlp/act/Gelu_1: unique
+        replaced[id(half)] = helper.make_node("Gelu", [x], [half.output[0]], name=name, domain=MS)
+        fused.update(id(n) for n in (div, erf, add, mul))
+    if not replaced:
+        return model
+    nodes = [replaced.get(id(n), n) for n in graph.node if id(n) not in fused]
+    read = {i for n in nodes for i in n.input} | outputs
+    return _with_nodes(model, [n for n in nodes if n.op_type != "Constant" or n.output[0] in read])
+
+
+def stash_batchnorm(model):
+    """A copy of ``model`` with every training-mode BatchNormalization ``B`` replaced by ``B_BatchNormInternal``
+    (the same inputs and outputs, plus ``B_saved_mean`` and ``B_saved_inv_std``)."""
+    nodes, changed = [], False
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "BatchNormalization" or node.domain or not attrs.get("training_mode", 0):
+            nodes.append(node)
+            continue
+        outputs = list(node.output) + [""] * (3 - len(node.output))
+        nodes.append(helper.make_node(
+            "BatchNormInternal", list(node.input), [*outputs, f"{node.name}_saved_mean", f"{node.name}_saved_inv_std"],
+            name=f"{node.name}_BatchNormInternal", domain=MS, training_mode=1, epsilon=attrs.get("epsilon", 1e-5),
+            momentum=attrs.get("momentum", 0.9)))
+        changed = True
+    return _with_nodes(model, nodes) if changed else model
+
+
+def _with_nodes(model, nodes):
+    out = type(model)()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    if not any(o.domain == MS for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS, 1))
+    return out

@@ -1,0 +1,97 @@
+"""Gradient rules of the element-wise ops, the activations and the normalisations.
+
+A binary op broadcasts its inputs to the output's shape; each input's gradient is summed back over the axes it
+was broadcast along (``NodeGradient.reduce_to``).
+"""
+from edge_lbp.core.gradients.registry import rule
+from edge_lbp.core.ops import MICROSOFT as MS
+
+
+def _binary(g, parts):
+    """Set input i's gradient to ``parts[i]()`` reduced to its shape, for the inputs that want one."""
+    full = g.shape(g.y())
+    for i in (0, 1):
+        if g.wants(i):
+            g.set(i, g.reduce_to(parts[i](), full, i))
+
+
+@rule("Add", inputs=(0, 1))
+def add(g):
+    _binary(g, (g.dy, g.dy))
+
+
+@rule("Sub", inputs=(0, 1))
+def sub(g):
+    _binary(g, (g.dy, lambda: g.emit("Neg", [g.dy()])[0]))
+
+
+@rule("Mul", inputs=(0, 1))
+def mul(g):
+    _binary(g, (lambda: g.emit("Mul", [g.dy(), g.x(1)])[0], lambda: g.emit("Mul", [g.dy(), g.x(0)])[0]))
+
+
+@rule("Div", inputs=(0, 1))
+def div(g):
+    """``Y = A / B``: ``dA = dY / B``, ``dB = -dY A / B^2 = -(dY / B) Y``."""
+    quotient = g.emit("Div", [g.dy(), g.x(1)])[0]
+    _binary(g, (lambda: quotient,
+                lambda: g.emit("Neg", [g.emit("Mul", [quotient, g.y()])[0]])[0]))
+
+
+@rule("Neg")
+def neg(g):
+    g.set(0, g.emit("Neg", [g.dy()])[0])
+
+
+@rule("Identity")
+def identity(g):
+    g.set(0, g.dy())
+
+
+@rule("Where", inputs=(1, 2))
+def where(g):
+    """The gradient goes to the branch each element was taken from."""
+    zero = g.const("zero", 0.0, "float32")
+    full = g.shape(g.y())
+    for i, branches in ((1, [g.dy(), zero]), (2, [zero, g.dy()])):
+        if g.wants(i):
+            g.set(i, g.reduce_to(g.emit("Where", [g.x(0), *branches])[0], full, i))
+
+
+@rule("Relu")
+def relu(g):
+    g.set(0, g.emit("ReluGrad", [g.dy(), g.y()], domain=MS)[0])
+
+
+@rule("Gelu", MS)
+def gelu(g):
+    g.set(0, g.emit("GeluGrad", [g.dy(), g.x(0)], domain=MS)[0])
+
+
+@rule("Softmax")
+def softmax(g):
+    g.set(0, g.emit("SoftmaxGrad_13", [g.dy(), g.y()], domain=MS, axis=g.attrs.get("axis", -1))[0])
+
+
+@rule("LayerNormalization", inputs=(0, 1, 2))
+def layer_normalization(g):
+    """``LayerNormalizationGrad`` reads the forward's saved mean and inverse standard deviation (outputs 1, 2,
+    which torch's training-mode export writes)."""
+    if len(g.node.output) < 3 or not all(g.node.output[1:3]):
+        raise g.error("the mean and inverse standard deviation outputs are missing")
+    grads = g.emit("LayerNormalizationGrad", [g.dy(), g.x(0), g.x(1), g.y(1), g.y(2)], n_out=3, domain=MS,
+                   axis=g.attrs.get("axis", -1), epsilon=g.attrs.get("epsilon", 1e-5))
+    for i in (0, 1, 2):
+        if g.wants(i):
+            g.set(i, grads[i])
+
+
+@rule("BatchNormInternal", MS, inputs=(0, 1, 2))
+def batch_norm_internal(g):
+    """Training-mode batch normalisation (``forward.stash_batchnorm``): the gradient reads the saved batch
+    statistics (outputs 3, 4); the running statistics carry none."""
+    grads = g.emit("BatchNormalizationGrad", [g.dy(), g.x(0), g.x(1), g.y(3), g.y(4)], n_out=3, domain=MS,
+                   epsilon=g.attrs.get("epsilon", 1e-5))
+    for i in (0, 1, 2):
+        if g.wants(i):
+            g.set(i, grads[i])

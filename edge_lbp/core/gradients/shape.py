@@ -1,0 +1,111 @@
+"""Gradient rules of the data-movement and reduction ops, and the ops that carry no gradient."""
+import math
+
+import numpy as np
+
+from edge_lbp.core.gradients.registry import no_gradient, rule
+from edge_lbp.core.ops import MICROSOFT as MS
+
+
+# Shape arithmetic, comparisons and constants: their outputs do not depend differentiably on anything.
+no_gradient("Shape", "Size", "Constant", "ConstantOfShape", "Equal", "Less", "Greater", "GreaterOrEqual",
+            "LessOrEqual", "Not", "And", "Or", "Range")
+
+
+def _shape_of(g, i=0):
+    return g.emit("Shape", [g.x(i)])[0]
+
+
+@rule("Reshape")
+@rule("Flatten")
+@rule("Squeeze")
+@rule("Unsqueeze")
+def reshape(g):
+    """Any op that only reshapes: the gradient takes the input's shape back."""
+    g.set(0, g.emit("Reshape", [g.dy(), _shape_of(g)])[0])
+
+
+@rule("Transpose")
+def transpose(g):
+    perm = g.attrs.get("perm") or list(range(len(g.shape(g.x(0))) - 1, -1, -1))
+    g.set(0, g.emit("Transpose", [g.dy()], perm=[int(p) for p in np.argsort(perm)])[0])
+
+
+def _static(g, name, axis):
+    dim = g.shape(name)[axis]
+    if not isinstance(dim, int):
+        raise g.error(f"the size of {name!r} along axis {axis} is not static")
+    return dim
+
+
+@rule("Concat", inputs=None)
+def concat(g):
+    """Split the gradient back into the inputs' lengths along the axis, read at run time (a CLS token expanded to
+    the batch has no static shape)."""
+    axis = g.attrs["axis"] % len(g.shape(g.y()))
+    sizes = [g.emit("Shape", [x], start=axis, end=axis + 1)[0] for x in g.node.input]
+    lengths = g.emit("Concat", sizes, axis=0)[0]
+    parts = g.emit("Split", [g.dy(), lengths], n_out=len(sizes), axis=axis)
+    for i, part in enumerate(parts):
+        if g.wants(i):
+            g.set(i, part)
+
+
+@rule("Split")
+def split(g):
+    dys = [g.dy(i) for i in range(len(g.node.output))]
+    if None in dys:
+        raise g.error("an output without a gradient is not supported")
+    g.set(0, g.emit("Concat", dys, axis=g.attrs.get("axis", 0))[0])
+
+
+@rule("Slice")
+def slice_(g):
+    """The gradient lands at the sliced positions of zeros of the input's shape."""
+    bounds = list(g.node.input[1:])
+    g.set(0, g.emit("SliceGrad", [g.dy(), _shape_of(g), *bounds], domain=MS)[0])
+
+
+@rule("Gather")
+def gather(g):
+    """Scatter-add at the gathered positions (repeated indices add up)."""
+    g.set(0, g.emit("GatherGrad", [_shape_of(g), g.x(1), g.dy()], domain=MS, axis=g.attrs.get("axis", 0))[0])
+
+
+@rule("Expand")
+def expand(g):
+    g.set(0, g.reduce_to(g.dy(), g.shape(g.y()), 0))
+
+
+def _reduced_axes(g):
+    """The reduction's axes (attribute until opset 18, input since; for ReduceSum since 13), non-negative."""
+    rank = len(g.shape(g.x(0)))
+    if "axes" in g.attrs:
+        axes = g.attrs["axes"]
+    elif len(g.node.input) > 1 and g.node.input[1]:
+        axes = g.const_value(g.x(1))
+    else:
+        axes = []
+    if not axes and not g.attrs.get("noop_with_empty_axes", 0):
+        axes = range(rank)
+    return sorted(int(a) % rank for a in axes)
+
+
+def _spread(g, axes):
+    """The output gradient broadcast back to the input's shape."""
+    dy = g.dy()
+    if axes and not g.attrs.get("keepdims", 1):
+        dy = g.emit("Unsqueeze", [dy, g.const("axes", axes)])[0]
+    return g.emit("Expand", [dy, _shape_of(g)])[0]
+
+
+@rule("ReduceSum")
+def reduce_sum(g):
+    g.set(0, _spread(g, _reduced_axes(g)))
+
+
+@rule("ReduceMean")
+def reduce_mean(g):
+    axes = _reduced_axes(g)
+    count = math.prod(_static(g, g.x(0), a) for a in axes)
+    g.set(0, g.emit("Div", [_spread(g, axes), g.const("count", float(count), "float32")])[0])
