@@ -44,6 +44,9 @@ MATMUL_GRAD_ACCUMULATE = "WHTMatMulGradAccumulate"
 # dbias)`` is com.microsoft's ``BiasGeluGrad_dX(dy, x, bias)`` and ``ReduceSum(dx, axes, keepdims=0)`` of its
 # output (attribute ``axes``) in one pass over the gradient.
 BIAS_GELU_GRAD_SUM = "BiasGeluGradSum"
+# Not in artifacts (runtime.passes.add_into_matmul): ``MatMulAdd(a, b, bias, residual?) -> y`` is
+# ``Add(Add(MatMul(a, b), bias), residual)``, the adds done in place on the product.
+MATMUL_ADD = "MatMulAdd"
 # ORT leaves an unread gradient output nameless; an ONNX function call needs every output named, so the rewrite
 # names it with this marker and the engine skips computing it.
 UNUSED_OUTPUT = "/wht_unused_"
