@@ -13,7 +13,7 @@ from edge_lbp.core.energy import AdaptiveBases
 from edge_lbp.core.artifact import Artifact, ArtifactError, model_input
 from edge_lbp.runtime.graph import Graph, LiveBytes, mismatched_shapes
 from edge_lbp.runtime.kernels.stochastic import RandomStream
-from edge_lbp.runtime.passes import accumulate_in_place, fold_transpose_into_gemm
+from edge_lbp.runtime.passes import training_passes
 from edge_lbp.runtime.session import Capabilities, Inputs, Optimizer, Session, TrainingState, Unsupported
 from edge_lbp.runtime.threads import Threads
 
@@ -105,8 +105,8 @@ class NumbaSession(Session):
         self.grads = {p: np.zeros_like(params[p]) for p in trainable}
         self.random = RandomStream(self.seed)
         bases = AdaptiveBases()
-        self.training = Graph(accumulate_in_place(fold_transpose_into_gemm(artifact.graph("training"))),
-                              name="training graph", random=self.random, bases=bases)
+        self.training = Graph(training_passes(artifact.graph("training")), name="training graph",
+                              random=self.random, bases=bases)
         self.eval = Graph(artifact.inference_graph(), name="eval graph", random=self.random)
         optimizer_graph = artifact.graph("optimizer")
         optimizer = Graph(optimizer_graph, name="optimizer graph")

@@ -1,5 +1,6 @@
 """Graph passes the device applies at load time (graph in, graph out)."""
 import onnx
+from onnx import numpy_helper
 
 from edge_lbp.core import ops
 
@@ -114,3 +115,91 @@ def accumulate_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
     if not fused:
         return model
     return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
+
+
+def _reduced_axes(reduce_sum, initializers):
+    """The constant axes of a ``ReduceSum(keepdims=0)`` (an input since opset 13, an attribute before), or None."""
+    if _attribute(reduce_sum, "keepdims", 1) != 0:
+        return None
+    if len(reduce_sum.input) > 1 and reduce_sum.input[1]:
+        tensor = initializers.get(reduce_sum.input[1])
+        axes = None if tensor is None else numpy_helper.to_array(tensor).reshape(-1).tolist()
+    else:
+        axes = _attribute(reduce_sum, "axes", None)
+    return [int(a) for a in axes] if axes else None  # empty axes: all of them, or none (noop_with_empty_axes)
+
+
+def sum_bias_gradient_with_gelu_grad(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``ReduceSum(BiasGeluGrad_dX(dy, x, b), axes, keepdims=0)`` -> ``edge_lbp::BiasGeluGradSum(dy, x, b)``.
+
+    ORT's backward of ``BiasGelu(MatMul(h, W), b)`` computes GELU's input gradient, then reads all of it again to
+    sum the bias gradient; the fused kernel sums the columns while it writes the gradient (one pass over a
+    ``B·N × 4·dim`` tensor less per block). The gradient stays an output for the weight gradient and the layer's
+    input gradient that read it too.
+    """
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    fused, dropped = {}, set()
+    for node in graph.node:
+        grad = producer.get(node.input[0]) if node.op_type == "ReduceSum" and node.input else None
+        if (grad is None or grad.op_type != "BiasGeluGrad_dX" or grad.domain != ops.MICROSOFT
+                or id(grad) in fused):
+            continue
+        axes = _reduced_axes(node, initializers)
+        if axes is None:
+            continue
+        fused[id(grad)] = onnx.helper.make_node(
+            ops.BIAS_GELU_GRAD_SUM, list(grad.input), [grad.output[0], node.output[0]], name=grad.name,
+            domain=ops.DOMAIN, axes=axes)
+        dropped.add(id(node))
+    if not fused:
+        return model
+    return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
+
+
+def add_into_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``Add(Add(MatMul(a, b), bias), residual)`` -> ``edge_lbp::MatMulAdd(a, b, bias, residual)``, and a lone
+    ``Add(MatMul(a, b), bias)`` -> ``MatMulAdd(a, b, bias)``, at the last add's place.
+
+    A transformer block's qkv, proj and fc2 layers add their bias in a node of its own, proj and fc2 then the
+    residual: each add wrote a new tensor of the product's size; fused, both add into the product in one pass.
+    Only a product (and a bias sum) that nothing else reads is fused.
+    """
+    graph = model.graph
+    readers = _readers(graph)
+    outputs = {o.name for o in graph.output}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, node)
+
+    def private(name):
+        return readers.get(name) == 1 and name not in outputs
+
+    fused, dropped = {}, set()
+    for node in graph.node:
+        if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or id(node) in fused:
+            continue  # (an add already fused as the residual add of an earlier one)
+        side = next((i for i, name in enumerate(node.input) if private(name)
+                     and getattr(producer.get(name), "op_type", None) == "MatMul"), None)
+        if side is None:
+            continue
+        matmul = producer[node.input[side]]
+        inputs, last = [*matmul.input, node.input[1 - side]], node
+        after = consumers.get(node.output[0])
+        if private(node.output[0]) and after.op_type == "Add" and after.domain in ("", "ai.onnx"):
+            inputs.append(after.input[1] if after.input[0] == node.output[0] else after.input[0])
+            last = after
+        fused[id(last)] = onnx.helper.make_node(ops.MATMUL_ADD, inputs, list(last.output), name=matmul.name,
+                                                domain=ops.DOMAIN)
+        dropped.update(id(n) for n in (matmul, node, last) if n is not last)
+    if not fused:
+        return model
+    return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
+
+
+def training_passes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every pass above, as the numba session applies them to a training graph."""
+    return add_into_matmul(accumulate_in_place(fold_transpose_into_gemm(sum_bias_gradient_with_gelu_grad(model))))

@@ -40,6 +40,13 @@ GRAD_OPS = (MATMUL_GRAD, CONV_GRAD)
 # buffer: a Gemm, or a WHTMatMulGrad whose weight gradient is transposed into the weight's orientation.
 GEMM_ACCUMULATE = "GemmAccumulate"
 MATMUL_GRAD_ACCUMULATE = "WHTMatMulGradAccumulate"
+# Not in artifacts either (runtime.passes.sum_bias_gradient_with_gelu_grad): ``BiasGeluGradSum(dy, x, bias) -> (dx,
+# dbias)`` is com.microsoft's ``BiasGeluGrad_dX(dy, x, bias)`` and ``ReduceSum(dx, axes, keepdims=0)`` of its
+# output (attribute ``axes``) in one pass over the gradient.
+BIAS_GELU_GRAD_SUM = "BiasGeluGradSum"
+# Not in artifacts (runtime.passes.add_into_matmul): ``MatMulAdd(a, b, bias, residual?) -> y`` is
+# ``Add(Add(MatMul(a, b), bias), residual)``, the adds done in place on the product.
+MATMUL_ADD = "MatMulAdd"
 # ORT leaves an unread gradient output nameless; an ONNX function call needs every output named, so the rewrite
 # names it with this marker and the engine skips computing it.
 UNUSED_OUTPUT = "/wht_unused_"

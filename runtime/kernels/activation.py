@@ -16,12 +16,14 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from edge_lbp.core import ops
 from edge_lbp.runtime.kernels.common import MS, NO_BIAS, ONE, ZERO, as_rows
 from edge_lbp.runtime.registry import register
 
 _SQRT1_2 = np.float32(1 / math.sqrt(2))
 _INV_SQRT_2PI = np.float32(1 / math.sqrt(2 * math.pi))
 _HALF = np.float32(0.5)
+_SUM_ROWS = 64
 
 
 def along_axis(row_kernel, axis):
@@ -86,9 +88,10 @@ def _exp(x):
 
 
 @njit(inline="always", fastmath=True)
-def _erf(x):
-    """erf of a float32: odd Taylor series below |x| = 0.5 (relative accuracy near 0), above it Abramowitz &
-    Stegun 7.1.26 (absolute error 1.5e-7)."""
+def _erf_gauss(x):
+    """``(erf(x), exp(-x^2))`` of a float32: odd Taylor series below |x| = 0.5 (relative accuracy near 0), above it
+    Abramowitz & Stegun 7.1.26 (absolute error 1.5e-7). The Gaussian is the one that formula needs anyway, and
+    GELU's slope needs it too: returning it saves the backward a second exp per element."""
     a = abs(x)
     a2 = a * a
     small = a * (np.float32(1.1283791671) + a2 * (np.float32(-0.3761263890) + a2 * (np.float32(0.1128379167)
@@ -97,8 +100,13 @@ def _erf(x):
     t = ONE / (ONE + np.float32(0.3275911) * a)
     poly = t * (np.float32(0.254829592) + t * (np.float32(-0.284496736) + t * (np.float32(1.421413741)
                 + t * (np.float32(-1.453152027) + t * np.float32(1.061405429)))))
-    large = ONE - poly * _exp(-a2)
-    return math.copysign(small if a < _HALF else large, x)
+    gauss = _exp(-a2)
+    return math.copysign(small if a < _HALF else ONE - poly * gauss, x), gauss
+
+
+@njit(inline="always", fastmath=True)
+def _erf(x):
+    return _erf_gauss(x)[0]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -140,7 +148,8 @@ def _gelu(v):
 
 @njit(inline="always", fastmath=True)
 def _gelu_slope(v):
-    return _HALF * (ONE + _erf(v * _SQRT1_2)) + v * _INV_SQRT_2PI * _exp(-_HALF * v * v)
+    erf, gauss = _erf_gauss(v * _SQRT1_2)  # gauss = exp(-v^2 / 2)
+    return _HALF * (ONE + erf) + v * _INV_SQRT_2PI * gauss
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -158,17 +167,30 @@ def _gelu_rows(x, bias, use_bias):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _gelu_grad_rows(dy, x, bias, use_bias):
+def _gelu_grad_rows(dy, x, bias, use_bias, column_sums):
+    """GELU's input gradient, and with ``column_sums`` also its sum over the rows (the bias gradient of the layer
+    before, in the same pass instead of a second read of the gradient). The rows are summed in fixed blocks of
+    ``_SUM_ROWS``, then the blocks in order: the sums do not depend on the thread count."""
     rows, m = x.shape
     dx = np.empty_like(x)
-    for r in prange(rows):
-        if use_bias:
-            for c in range(m):
-                dx[r, c] = dy[r, c] * _gelu_slope(x[r, c] + bias[c])
-        else:
-            for c in range(m):
-                dx[r, c] = dy[r, c] * _gelu_slope(x[r, c])
-    return dx
+    blocks = (rows + _SUM_ROWS - 1) // _SUM_ROWS
+    partial = np.zeros((blocks if column_sums else 0, m), np.float32)
+    for k in prange(blocks):
+        for r in range(k * _SUM_ROWS, min(rows, (k + 1) * _SUM_ROWS)):
+            if use_bias:
+                for c in range(m):
+                    dx[r, c] = dy[r, c] * _gelu_slope(x[r, c] + bias[c])
+            else:
+                for c in range(m):
+                    dx[r, c] = dy[r, c] * _gelu_slope(x[r, c])
+            if column_sums:
+                for c in range(m):
+                    partial[k, c] += dx[r, c]
+    total = np.zeros(m if column_sums else 0, np.float32)
+    for k in range(partial.shape[0]):
+        for c in range(m):
+            total[c] += partial[k, c]
+    return dx, total
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -225,9 +247,26 @@ def bias_gelu(attrs, node):
 
 @register("GeluGrad", MS)
 def gelu_grad(attrs, node):
-    return lambda dy, x: (_gelu_grad_rows(as_rows(dy), as_rows(x), NO_BIAS, False).reshape(x.shape),)
+    return lambda dy, x: (_gelu_grad_rows(as_rows(dy), as_rows(x), NO_BIAS, False, False)[0].reshape(x.shape),)
 
 
 @register("BiasGeluGrad_dX", MS)
 def bias_gelu_grad(attrs, node):
-    return lambda dy, x, b: (_gelu_grad_rows(as_rows(dy), as_rows(x), b, True).reshape(x.shape),)
+    return lambda dy, x, b: (_gelu_grad_rows(as_rows(dy), as_rows(x), b, True, False)[0].reshape(x.shape),)
+
+
+@register(ops.BIAS_GELU_GRAD_SUM, ops.DOMAIN)
+def bias_gelu_grad_sum(attrs, node):
+    """(dy, x, bias) -> (dx, dbias): BiasGeluGrad_dX and the ReduceSum of its output over ``axes``
+    (``runtime.passes.sum_bias_gradient_with_gelu_grad``); the sum comes from the same pass when ``axes`` are
+    every axis but the last, as in a linear layer's bias gradient."""
+    axes = tuple(attrs["axes"])
+
+    def run(dy, x, b):
+        if sorted(a % x.ndim for a in axes) == list(range(x.ndim - 1)):
+            dx, db = _gelu_grad_rows(as_rows(dy), as_rows(x), b, True, True)
+            return dx.reshape(x.shape), db
+        dx = _gelu_grad_rows(as_rows(dy), as_rows(x), b, True, False)[0].reshape(x.shape)
+        return dx, dx.sum(axis=axes)
+
+    return run

@@ -53,6 +53,45 @@ def matmul_op(attrs, node):
     return lambda a, b: (matmul(a, b),)
 
 
+_NO_ROWS = np.zeros((0, 0), np.float32)
+
+
+@njit(parallel=True, cache=True)
+def _add_in_place(out, bias, residual, use_residual):
+    """``out = (out + bias) + residual`` row by row, in place: the float32 operations of the two Add nodes it
+    replaces, in their order (no fastmath), so the same bits without the intermediate tensor."""
+    rows, cols = out.shape
+    for r in prange(rows):
+        if use_residual:
+            for c in range(cols):
+                out[r, c] = (out[r, c] + bias[c]) + residual[r, c]
+        else:
+            for c in range(cols):
+                out[r, c] = out[r, c] + bias[c]
+    return out
+
+
+@register(ops.MATMUL_ADD, ops.DOMAIN)
+def matmul_add(attrs, node):
+    """(a, b, bias, residual?) -> ``MatMul(a, b) + bias (+ residual)`` (``runtime.passes.add_into_matmul``): the
+    adds run in place on the product when the bias is a float32 vector along its last axis and the residual has
+    its shape, as in a linear layer; numpy's broadcasting adds otherwise."""
+
+    def run(a, b, bias, residual=None):
+        out = matmul(a, b)  # a fresh C-contiguous array: safe to write
+        vector = out.dtype == bias.dtype == np.float32 and bias.shape == out.shape[-1:]
+        if vector and (residual is None or (residual.dtype == np.float32 and residual.shape == out.shape)):
+            rows = out.reshape(-1, out.shape[-1])
+            with_residual = residual is not None
+            _add_in_place(rows, bias, np.ascontiguousarray(residual).reshape(rows.shape) if with_residual
+                          else _NO_ROWS, with_residual)
+            return (out,)
+        out = out + bias
+        return (out if residual is None else out + residual,)
+
+    return run
+
+
 @register("FusedMatMul", MS)
 def fused_matmul(attrs, node):
     steps_a = [f for flag, f in ((attrs.get("transBatchA", 0), _batch_to_rows), (attrs.get("transA", 0), _swap_last))
