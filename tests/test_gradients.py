@@ -14,20 +14,20 @@ from edge_lbp.core.gradients import GradientError, build_training_graph  # noqa:
 from edge_lbp.export.onnx_export import export_forward  # noqa: E402
 from edge_lbp.export.training import parameter_names  # noqa: E402
 from edge_lbp.runtime.graph import Graph  # noqa: E402
-from edge_lbp.runtime.passes import accumulate_in_place, fold_transpose_into_gemm  # noqa: E402
+from edge_lbp.runtime.passes import training_passes  # noqa: E402
 
 BATCH = 3
 
 
 def _one_pass(training, forward, trainable, frozen, x, labels):
     """Loss and accumulated gradients of one pass of a training graph on the graph executor, after the numba
-    session's load-time passes (which fuse weight gradients into their accumulators)."""
+    session's load-time passes (training_passes: weight gradients into their accumulators, bias adds and sums)."""
     params = {t.name: numpy_helper.to_array(t) for t in forward.graph.initializer}
     buffers = {p: np.full_like(params[p], np.nan) for p in trainable}  # overwritten: lazy_reset_grad is set
     feeds = {"input": x, ort_names.LABELS: labels, ort_names.LAZY_RESET: np.array([True]),
              **{p: params[p] for p in trainable + frozen},
              **{ort_names.accumulation_buffer(p): b for p, b in buffers.items()}}
-    loss = Graph(accumulate_in_place(fold_transpose_into_gemm(training)), name="training graph").run(feeds)[0]
+    loss = Graph(training_passes(training), name="training graph").run(feeds)[0]
     return float(loss), buffers
 
 
