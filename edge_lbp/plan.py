@@ -25,8 +25,6 @@ import psutil
 
 from edge_lbp import methods
 from edge_lbp.methods.base import StepMemory
-from edge_lbp.methods.side import Side
-from edge_lbp.methods.zo_hybrid import ZOHybrid
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
           "K": 2**10, "M": 2**20, "G": 2**30}
@@ -108,7 +106,7 @@ def plan(artifact_dir, batch: int, *, threads=None, zo_blocks: int = 2):
     memory = StepMemory(inference=inference, working=max(0, own - sum(held.values())), held=held,
                         block_output=session.node_output_bytes("/blocks.0/", batch), parameters=size,
                         state_copies=copies)
-    for other in (ZOHybrid(zo_blocks), Side()):
+    for other in (methods.parse(m.PLANNED.format(blocks=zo_blocks)) for m in methods.METHODS if m.PLANNED):
         estimate = other.estimate(memory)
         if estimate is not None:
             rows.append(Row(other.spec, *estimate, False))

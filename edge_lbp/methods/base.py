@@ -44,6 +44,9 @@ class Method:
     # ``help`` for the CLI's ``--<OPTION_PREFIX>-<field>``), or None for a method that takes none.
     OPTIONS: ClassVar[Optional[type]] = None
     OPTION_PREFIX: ClassVar[str] = ""
+    # The spelling ``edge-lbp plan`` estimates from another artifact's step ({blocks}: plan's --zo-blocks), or None
+    # for a method that needs its own graphs to be measured.
+    PLANNED: ClassVar[Optional[str]] = None
 
     # -- workstation ---------------------------------------------------------------------------------------------
     def adapt(self, model, num_classes=None):
@@ -80,8 +83,8 @@ class Method:
 
     # -- planning ------------------------------------------------------------------------------------------------
     def estimate(self, memory: StepMemory) -> Optional[Tuple[int, int]]:
-        """``(step, state)`` bytes of this method, estimated from another artifact's measured step; None where the
-        method needs its own graphs to be measured (backprop through a different set, LBP)."""
+        """``(step, state)`` bytes of this method, estimated from another artifact's measured step (methods with
+        ``PLANNED``); None where that step cannot tell (a model too shallow for it)."""
         return None
 
 

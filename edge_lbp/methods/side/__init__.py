@@ -15,6 +15,7 @@ class Side(Method):
     SYNTAX = "side"
     name = NAME
     spec = NAME
+    PLANNED = NAME
     NOT_FOR_ONNX = ("side-tuning wraps a torch model with transformer blocks (a preset, a module, a factory or a "
                     "Hugging Face checkpoint), not an ONNX file")
 

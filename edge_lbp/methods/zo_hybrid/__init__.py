@@ -21,6 +21,7 @@ class ZOHybrid(Method):
     SYNTAX = "zo-hybrid:K"
     name = NAME
     OPTIONS, OPTION_PREFIX = ZOConfig, "zo"
+    PLANNED = f"{NAME}:{{blocks}}"
 
     def __init__(self, blocks: int):
         self.blocks, self.spec = blocks, f"{NAME}:{blocks}"
