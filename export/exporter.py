@@ -78,12 +78,13 @@ def _human_bytes(size):
 
 
 def export_artifact(model, out_dir, *, method, lbp, optimizer="adamw", lr=1e-3, input_shape=None,
-                    num_classes=None, normalization=None, progress=None):
+                    num_classes=None, normalization=None, progress=None, gradients="ort"):
     """Export ``model`` to the artifact folder ``out_dir`` and return a ``Report``.
 
     ``method``: an ``edge_lbp.methods`` method (how the model is adapted, what trains, what the manifest records);
     ``lbp``: the rewrite's ``LbpConfig``; ``input_shape``: ``(C, H, W)``; ``normalization``: ``(mean, std)`` per
-    channel; ``progress``: called with one line per stage. ``edge_lbp.export_model`` takes the options' spellings.
+    channel; ``progress``: called with one line per stage; ``gradients``: who builds the training and eval graphs
+    (``edge_lbp.core.defaults.GRADIENTS``). ``edge_lbp.export_model`` takes the options' spellings.
     """
     import onnx
 
@@ -95,6 +96,7 @@ def export_artifact(model, out_dir, *, method, lbp, optimizer="adamw", lr=1e-3, 
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(training.OPTIMIZERS)}")
     if not lr > 0:
         raise ValueError(f"learning rate must be positive, got {lr}")
+    training.check_gradients(gradients)
     if lbp.extra_tokens is not None and lbp.grid is None:
         raise ValueError("--extra-tokens only applies with --grid (the grid they precede)")
     refusal = method.NOT_FOR_ONNX
@@ -113,11 +115,12 @@ def export_artifact(model, out_dir, *, method, lbp, optimizer="adamw", lr=1e-3, 
                 _normalization(normalization or ([0.0] * input_shape[1], [1.0] * input_shape[1]), input_shape[1]))
     trainable, frozen = method.split(training.parameter_names(forward), forward)
     with tempfile.TemporaryDirectory(prefix="edge_lbp_export_") as tmp:
-        say(f"ORT training artifacts (--method {method.spec}, {optimizer})")
+        say(f"training artifacts (--method {method.spec}, {optimizer}, --gradients {gradients})")
         with _native_stderr_silenced():
-            result = training.generate_training_artifacts(forward, tmp, trainable, frozen, optimizer=optimizer)
+            result = training.generate_training_artifacts(forward, tmp, trainable, frozen, optimizer=optimizer,
+                                                          gradients=gradients)
             if eval_forward is not None:
-                _replace_eval_graph(eval_forward, tmp, method, optimizer)
+                _replace_eval_graph(eval_forward, tmp, method, optimizer, gradients)
         training_graph = onnx.load(result["training_model.onnx"])
         record = method.record(forward, training_graph, frozen)
         say(f"LBP rewrite ({lbp.spec})")
@@ -135,13 +138,14 @@ def export_artifact(model, out_dir, *, method, lbp, optimizer="adamw", lr=1e-3, 
                   manifest=manifest)
 
 
-def _replace_eval_graph(eval_forward, ort_dir, method, optimizer):
+def _replace_eval_graph(eval_forward, ort_dir, method, optimizer, gradients):
     """The eval graph from the eval-mode export: ORT derives it from the training-mode forward, where drop-path
     would draw random numbers at every evaluation. Parameter names are the same in both exports."""
     with tempfile.TemporaryDirectory(prefix="edge_lbp_eval_") as tmp:
         # Split on the eval-mode graph itself: its initializers need not be the training-mode graph's.
         trainable, frozen = method.split(training.parameter_names(eval_forward), eval_forward)
-        training.generate_training_artifacts(eval_forward, tmp, trainable, frozen, optimizer=optimizer)
+        training.generate_training_artifacts(eval_forward, tmp, trainable, frozen, optimizer=optimizer,
+                                             gradients=gradients)
         shutil.copyfile(Path(tmp) / "eval_model.onnx", Path(ort_dir) / "eval_model.onnx")
 
 

@@ -15,13 +15,10 @@ import re
 from pathlib import Path
 
 from edge_lbp.core import ort_names
-from edge_lbp.core.defaults import OPTIMIZERS
-from edge_lbp.core.gradients import GradientError, build_training_graph
+from edge_lbp.core.defaults import GRADIENTS, OPTIMIZERS
+from edge_lbp.core.gradients import GradientError, build_eval_graph, build_training_graph
 
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
-# Who builds the training graph: ORT's gradient builder (the default, for now) or ours (edge_lbp.core.gradients;
-# ORT still writes the eval and optimizer graphs and the checkpoint).
-GRADIENTS = ("ort", "own")
 
 
 def parameter_names(model):
@@ -47,10 +44,12 @@ def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer=
     optim = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}.get(optimizer)
     if optim is None:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if gradients not in GRADIENTS:
-        raise ValueError(f"unknown gradient builder {gradients!r}; choose one of {', '.join(GRADIENTS)}")
+    check_gradients(gradients)
     # Ours first: a node it cannot differentiate fails before ORT spends its time.
-    own = build_training_graph(model, trainable, frozen) if gradients == "own" else None
+    own = None
+    if gradients == "own":
+        own = {"training_model.onnx": build_training_graph(model, trainable, frozen),
+               "eval_model.onnx": build_eval_graph(model, trainable, frozen)}
     if len(model.graph.output) != 1:
         raise ValueError(f"the forward model must have one output (the logits), it has {len(model.graph.output)}")
     out = Path(out_dir)
@@ -61,12 +60,18 @@ def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer=
                                      artifact_directory=out)
     except Exception as exc:
         raise translate_gradient_error(exc, model) from None
-    if own is not None:
-        onnx.save(own, out / "training_model.onnx")
+    for name, graph in (own or {}).items():
+        onnx.save(graph, out / name)
     eval_path = out / "eval_model.onnx"
     onnx.save(trim_inference_batchnorm_outputs(onnx.load(eval_path)), eval_path)
     paths = {name: out / name for name in ARTIFACT_FILES}
     return {**paths, "labels": ort_names.LABELS}
+
+
+def check_gradients(gradients):
+    """A one-line ValueError unless ``gradients`` is one of ``GRADIENTS``."""
+    if gradients not in GRADIENTS:
+        raise ValueError(f"unknown gradient builder {gradients!r}; choose one of {', '.join(GRADIENTS)}")
 
 
 def trim_inference_batchnorm_outputs(model):

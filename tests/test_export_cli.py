@@ -128,7 +128,7 @@ def test_onnx_file_and_module_sources(tmp_path):
 def test_progress_lines_and_report_without_rewritable_layers(tmp_path):
     lines = []
     report = export_model("vit-tiny", tmp_path / "art", method="head", progress=lines.append)
-    assert [line.split()[0] for line in lines] == ["forward", "ORT", "LBP", "writing"]
+    assert [line.split()[0] for line in lines] == ["forward", "training", "LBP", "writing"]
     assert "nothing to rewrite" in report.format() and "left exact" not in report.format()
 
 

@@ -3,7 +3,7 @@ import importlib.util
 import sys
 
 from edge_lbp.cli import options
-from edge_lbp.core.defaults import OPTIMIZERS
+from edge_lbp.core.defaults import GRADIENTS, OPTIMIZERS
 
 
 def add_parser(commands) -> None:
@@ -17,6 +17,9 @@ def add_parser(commands) -> None:
     cmd.add_argument("-o", "--out", required=True, metavar="DIR", help="artifact folder to write")
     options.add_method_options(cmd)
     cmd.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS, help="(default: %(default)s)")
+    cmd.add_argument("--gradients", default="ort", choices=GRADIENTS,
+                     help="who builds the training and eval graphs: ort (onnxruntime-training) or own (our builder, "
+                          "experimental; the optimizer graph and checkpoint still come from ORT) (default: %(default)s)")
     cmd.add_argument("--lr", type=options.positive, default=1e-3, metavar="X",
                      help="learning rate (default: %(default)s)")
     cmd.add_argument("--input-shape", metavar="C,H,W", help="input image shape (default: the model's own)")
@@ -45,6 +48,7 @@ def run(args) -> int:
         args.model, args.out, lbp=args.lbp, train=args.train, optimizer=args.optimizer, lr=args.lr,
         input_shape=parse_shape(args.input_shape) if args.input_shape else None,
         num_classes=args.num_classes, grid=args.grid,
-        extra_tokens=args.extra_tokens, block=args.block, method=args.method, taps=args.taps, progress=progress)
+        extra_tokens=args.extra_tokens, block=args.block, method=args.method, taps=args.taps, progress=progress,
+        gradients=args.gradients)
     print(report.format())
     return 0

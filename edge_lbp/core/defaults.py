@@ -1,4 +1,5 @@
-"""The LBP settings an export uses when the user names none, and the optimizers it can build: one place for the
+"""The LBP settings an export uses when the user names none, the optimizers it can build and who can build its
+graphs: one place for the
 CLI, ``export_model``, the demo and the core's own defaults (importable without numpy, so the CLI's parser can
 show them)."""
 
@@ -10,3 +11,6 @@ EXPORT_BLOCK = AUTO  # what an export uses by default (README "Adaptation accura
 ENERGY_EVERY = 8  # energy:r measures each layer's output-gradient energy, and re-selects, every this many passes
 ENERGY_DECAY = 0.8  # weight of the running average's past at each measurement
 OPTIMIZERS = ("adamw", "sgd")  # what an export can put in the optimizer graph (export.training builds them)
+# Who builds an export's training and eval graphs: ORT's artifact generator (the default, for now) or our builder
+# (edge_lbp.core.gradients, experimental; ORT still writes the optimizer graph and the checkpoint).
+GRADIENTS = ("ort", "own")

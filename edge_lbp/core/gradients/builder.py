@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from edge_lbp.core import ort_names
 from edge_lbp.core.gradients import registry
-from edge_lbp.core.gradients.forward import constant_values, fuse_gelu, stash_batchnorm
+from edge_lbp.core.gradients.forward import constant_values, fuse_gelu, inference_batchnorm, stash_batchnorm
 from edge_lbp.core.gradients.registry import GradientError
 from edge_lbp.core.ops import MICROSOFT as MS
 
@@ -200,26 +200,47 @@ def _feeds_loss(nodes, logits):
     return feeds
 
 
-def build_training_graph(model, trainable, frozen):
-    """The training ModelProto of forward ``model`` (one output, the logits) for parameters ``trainable`` (their
-    gradients accumulate) and ``frozen`` (graph inputs without gradients). Raises GradientError naming the first
-    node it cannot differentiate."""
-    # ORT declares parameters, buffers and accumulator outputs in the forward's initializer order, whatever
-    # order the lists come in.
+def _parameters(model, trainable, frozen):
+    """``trainable`` and ``frozen`` in the forward's initializer order (ORT declares parameters, buffers and
+    accumulator outputs in that order, whatever order the lists come in), after checking ``model`` and them."""
     order = [t.name for t in model.graph.initializer]
     unknown = [p for p in [*trainable, *frozen] if p not in order]
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not an initializer of the forward model")
-    trainable, frozen = [p for p in order if p in set(trainable)], [p for p in order if p in set(frozen)]
     if len(model.graph.output) != 1:
         raise ValueError(f"the forward model must have one output (the logits), it has {len(model.graph.output)}")
+    return [p for p in order if p in set(trainable)], [p for p in order if p in set(frozen)]
+
+
+def _inputs(graph, trainable, frozen):
+    """The model inputs, ``labels`` and the parameters, as both of ORT's graphs start their inputs."""
+    params = {t.name: t for t in graph.initializer}
+    batch = _shape(graph.output[0])[0]
+    # A model that also lists its initializers as inputs (IR < 4 style) must not declare the parameters twice.
+    inputs = [i for i in graph.input if i.name not in params]
+    inputs += [helper.make_tensor_value_info(ort_names.LABELS, onnx.TensorProto.INT64, [batch])]
+    chosen = set(trainable) | set(frozen)
+    inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in graph.initializer
+               if t.name in chosen]
+    return inputs, [t for t in graph.initializer if t.name not in chosen]
+
+
+def _loss(logits):
+    return helper.make_node("SoftmaxCrossEntropyLoss", [logits, ort_names.LABELS], [LOSS, LOG_PROB], name=LOSS_NODE,
+                            reduction="mean")
+
+
+def build_training_graph(model, trainable, frozen):
+    """The training ModelProto of forward ``model`` (one output, the logits) for parameters ``trainable`` (their
+    gradients accumulate) and ``frozen`` (graph inputs without gradients). Raises GradientError naming the first
+    node it cannot differentiate."""
+    trainable, frozen = _parameters(model, trainable, frozen)
     b = Builder(model)
     graph = b.forward.graph
     logits = graph.output[0].name
     params = {t.name: t for t in graph.initializer}
     one = b.constant(ort_names.gradient(LOSS), np.array(1.0, np.float32))
-    b.nodes.append(helper.make_node("SoftmaxCrossEntropyLoss", [logits, ort_names.LABELS], [LOSS, LOG_PROB],
-                                    name=LOSS_NODE, reduction="mean"))
+    b.nodes.append(_loss(logits))
     b.nodes.append(helper.make_node("SoftmaxCrossEntropyLossGrad", [one, LOG_PROB, ort_names.LABELS],
                                     [ort_names.gradient(logits)], domain=MS, reduction="mean",
                                     name=f"{LOSS_NODE}_Grad/SoftmaxCrossEntropyLossGrad_0"))
@@ -232,18 +253,25 @@ def build_training_graph(model, trainable, frozen):
                                         name=f"GradientAccumulator{k}", domain=MS))
         buffers.append(helper.make_tensor_value_info(buffer, onnx.TensorProto.FLOAT, params[p].dims))
         outputs.append(helper.make_tensor_value_info(out, onnx.TensorProto.BOOL, [1]))
-    batch = _shape(graph.output[0])[0]
-    # A model that also lists its initializers as inputs (IR < 4 style) must not declare the parameters twice.
-    inputs = [i for i in graph.input if i.name not in params]
-    inputs += [helper.make_tensor_value_info(ort_names.LABELS, onnx.TensorProto.INT64, [batch])]
-    inputs += [helper.make_tensor_value_info(p, params[p].data_type, params[p].dims) for p in order
-               if p in trainable or p in frozen]
+    inputs, kept = _inputs(graph, trainable, frozen)
     inputs += [*buffers, helper.make_tensor_value_info(ort_names.LAZY_RESET, onnx.TensorProto.BOOL, [1])]
-    kept = [t for t in graph.initializer if t.name not in set(trainable + frozen)]
     training = helper.make_graph([*graph.node, *b.nodes], "training", inputs, outputs, [*kept, *b.initializers])
     opsets = [o for o in b.forward.opset_import if o.domain not in ("", MS)]
     opsets += [helper.make_opsetid("", _onnx_opset(b.forward)), helper.make_opsetid(MS, 1)]
     return helper.make_model(training, opset_imports=opsets, ir_version=b.forward.ir_version)
+
+
+def build_eval_graph(model, trainable, frozen):
+    """The eval ModelProto of forward ``model``, as ORT's artifact generator lays it out: the training graph's
+    inputs up to the parameters, the forward nodes (BatchNormalization on its running statistics) and the mean
+    loss on the logits, the loss the only output (the engines cut the graph down to the logits themselves)."""
+    trainable, frozen = _parameters(model, trainable, frozen)
+    graph = model.graph
+    inputs, kept = _inputs(graph, trainable, frozen)
+    nodes = [*inference_batchnorm(graph.node), _loss(graph.output[0].name)]
+    outputs = [helper.make_tensor_value_info(LOSS, onnx.TensorProto.FLOAT, [])]
+    return helper.make_model(helper.make_graph(nodes, graph.name, inputs, outputs, kept),
+                             opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
 def _onnx_opset(model):

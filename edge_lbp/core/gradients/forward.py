@@ -6,6 +6,7 @@
   ``GeluGrad`` needs only ``x``.
 - A training-mode ``BatchNormalization`` becomes ``com.microsoft::BatchNormInternal``, which also outputs the
   batch mean and inverse standard deviation that ``BatchNormalizationGrad`` reads (named as ORT names it).
+- For the eval graph, a training-mode ``BatchNormalization`` normalises with its running statistics instead.
 """
 import math
 
@@ -87,6 +88,22 @@ def stash_batchnorm(model):
             momentum=attrs.get("momentum", 0.9)))
         changed = True
     return _with_nodes(model, nodes) if changed else model
+
+
+def inference_batchnorm(nodes):
+    """``nodes`` with every training-mode BatchNormalization in inference mode (``training_mode=0``), its
+    running-statistics outputs dropped: an inference-mode node has one output (ONNX shape inference rejects more)."""
+    nodes = list(nodes)
+    read = {name for n in nodes for name in n.input}
+    for k, node in enumerate(nodes):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "BatchNormalization" or node.domain or not attrs.get("training_mode", 0):
+            continue
+        if read.intersection(node.output[1:]):
+            raise ValueError(f"{node.name}: running-statistics outputs are consumed; no inference-mode eval graph")
+        nodes[k] = helper.make_node("BatchNormalization", list(node.input), [node.output[0]], name=node.name,
+                                    **{**attrs, "training_mode": 0})
+    return nodes
 
 
 def _with_nodes(model, nodes):

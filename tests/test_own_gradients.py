@@ -1,0 +1,92 @@
+"""``gradients="own"`` through the public export: artifacts whose training and eval graphs our builder wrote train
+on the numba engine as the artifacts of ORT's do (the same model, batch and AdamW steps), through
+``edge_lbp.export_model`` and ``edge-lbp export --gradients own``; and our eval graph is laid out as ORT's."""
+import numpy as np
+import onnx
+import pytest
+
+import edge_lbp
+from edge_lbp.cli import main
+
+STEPS, BATCH = 5, 4
+
+
+def _train(folder):
+    """Eval logits before training, the losses of STEPS AdamW steps on one fixed batch, the parameters after them
+    and the eval logits then."""
+    session = edge_lbp.load(folder, "numba")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, BATCH).astype(np.int64)
+    before = session.eval_step(x)
+    losses = [session.train_step(x, y) for _ in range(STEPS)]
+    return before, losses, session.state.parameters(), session.eval_step(x)
+
+
+@pytest.mark.parametrize("preset, method", [("vit-tiny", "all"), ("deit-tiny", "all"), ("vit-tiny", "head")])
+def test_own_artifact_trains_as_orts(preset, method, tmp_path, export_extra):
+    runs = {}
+    for gradients in ("ort", "own"):
+        edge_lbp.export_model(preset, tmp_path / gradients, method=method, gradients=gradients)
+        runs[gradients] = _train(tmp_path / gradients)
+    (before, losses, params, after), (ref_before, ref_losses, ref_params, ref_after) = runs["own"], runs["ort"]
+    # The same forward nodes on the same initial parameters: the same logits, bit for bit.
+    np.testing.assert_array_equal(before, ref_before)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert params.keys() == ref_params.keys()
+    for name, value in params.items():
+        scale = max(float(np.abs(ref_params[name]).max()), 1e-6)
+        np.testing.assert_allclose(value, ref_params[name], rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+    np.testing.assert_allclose(after, ref_after, rtol=1e-5, atol=1e-5 * float(np.abs(ref_after).max()))
+
+
+@pytest.mark.parametrize("preset", ["vit-tiny", "efficientformer-tiny"])
+def test_own_eval_graph_is_laid_out_as_orts(preset, tmp_path, export_extra):
+    """The same inputs, nodes (efficientformer-tiny's BatchNormalization in inference mode) and constants as
+    ORT's eval graph; only the loss's names differ (ORT numbers them with a process-wide counter)."""
+    from edge_lbp.export import exporter, training
+    from edge_lbp.methods import parse
+
+    forward, _, _ = exporter.load_model(preset)
+    trainable, frozen = parse("last:1").split(training.parameter_names(forward), forward)
+    graphs = {}
+    for gradients in ("ort", "own"):
+        paths = training.generate_training_artifacts(forward, tmp_path / gradients, trainable, frozen,
+                                                     gradients=gradients)
+        graphs[gradients] = onnx.load(paths["eval_model.onnx"]).graph
+    ours, ref = graphs["own"], graphs["ort"]
+    loss = ref.output[0].name
+    renamed = {ref.node[-1].output[1]: ours.node[-1].output[1], loss: ours.output[0].name}
+    for node in ref.node:
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+    ref.node[-1].name = ours.node[-1].name
+    ref.output[0].name = ours.output[0].name
+    assert ours.input == ref.input and ours.output == ref.output
+    assert list(ours.node) == list(ref.node) and list(ours.initializer) == list(ref.initializer)
+    modes = [a.i for n in ours.node if n.op_type == "BatchNormalization" for a in n.attribute
+             if a.name == "training_mode"]
+    assert modes == ([0] * 7 if preset == "efficientformer-tiny" else [])
+
+
+def test_cli_export_with_own_gradients(tmp_path, capsys, export_extra):
+    """``edge-lbp export --gradients own`` writes our graphs: the training graph without ORT's training opset,
+    the eval graph as our builder builds it, and the artifact trains."""
+    from edge_lbp.core.gradients import build_eval_graph
+    from edge_lbp.export import exporter, training
+    from edge_lbp.methods import parse
+
+    out = tmp_path / "art"
+    assert main(["export", "vit-tiny", "-o", str(out), "--gradients", "own"]) == 0
+    assert "exported vit-tiny" in capsys.readouterr().out
+    model = onnx.load(out / "training_model.onnx")
+    assert not any(o.domain == "ai.onnx.training" for o in model.opset_import)
+    forward, _, _ = exporter.load_model("vit-tiny")
+    trainable, frozen = parse("all").split(training.parameter_names(forward), forward)
+    assert onnx.load(out / "eval_model.onnx") == build_eval_graph(forward, trainable, frozen)
+    _, losses, _, _ = _train(out)
+    assert np.isfinite(losses).all()
+
+
+def test_unknown_gradient_builder_is_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^unknown gradient builder 'torch'; choose one of ort, own$"):
+        edge_lbp.export_model("vit-tiny", tmp_path, gradients="torch")
