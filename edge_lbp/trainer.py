@@ -8,9 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -18,11 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_lbp.checkpoint import CheckpointError, load_checkpoint, locked, save_checkpoint
+from edge_lbp.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, locked, save_checkpoint
 from edge_lbp.data import Dataset, batches, num_batches
 from edge_lbp.memory import check_step_fits
 from edge_lbp.runtime.session import NonFiniteStep
 from edge_lbp.schedule import SCHEDULES, schedule_lr
+from edge_lbp.status import ExitStatus, Stopped, stop_signals
 
 
 class DivergenceWarning(UserWarning):
@@ -30,7 +29,10 @@ class DivergenceWarning(UserWarning):
 
 
 class DivergenceError(RuntimeError):
-    """Too many steps in a row were rejected: the run stops, with the parameters of the last good update."""
+    """Too many steps in a row were rejected, or the run ended on a rejected step: the run stops, with the
+    parameters of the last good update (and its checkpoint, the last one saved after a good step)."""
+
+    exit_status = ExitStatus.DIVERGED
 
 
 class Trainer:
@@ -90,7 +92,7 @@ class Trainer:
         self._micro = 0  # micro-batches accumulated since the last update
         self._fit_total = None  # the cosine's length as fit derived it
         self._running = _fresh_epoch()
-        self._stop = False
+        self._stop = None  # the stop signal received during fit, if any
 
     @property
     def manifest(self) -> dict:
@@ -176,14 +178,15 @@ class Trainer:
         ``train``: a ``Dataset`` (shuffled and, with ``augment``, augmented from ``seed`` and the epoch) or a
         re-iterable of ``(x, y)`` batches. ``val``: the same kinds, or ``None``. ``callbacks``: called as
         ``callback(trainer, record)`` after each epoch. ``checkpoint``: a folder saved after every epoch, and
-        at the next update boundary on Ctrl-C, after which ``fit`` raises ``KeyboardInterrupt`` (a second Ctrl-C
-        stops at once). ``progress``: a bar on stderr when it is a terminal; ``"always"`` forces it.
+        at the next update boundary on Ctrl-C or SIGTERM, after which ``fit`` raises ``edge_lbp.status.Stopped``
+        (a ``KeyboardInterrupt`` naming the signal; a second signal stops at once). A run that ends on a rejected
+        step raises ``DivergenceError`` after its last epoch: its end is not saved, and nothing says it converged. ``progress``: a bar on stderr when it is a terminal; ``"always"`` forces it.
         """
         if int(epochs) < 1 or int(batch_size) < 1:
             raise ValueError(f"epochs and batch_size must be at least 1; got {epochs}, {batch_size}")
         if checkpoint is not None:
             self._check_checkpointable()
-        self._stop = False  # a Ctrl-C that came after the last step of an earlier fit is not for this one
+        self._stop = None  # a signal that came after the last step of an earlier fit is not for this one
         if isinstance(train, Dataset):
             if len(set(train.labels.tolist())) < 2:
                 warnings.warn(f"{train.source}: every training sample has the same label: the model learns to "
@@ -208,10 +211,10 @@ class Trainer:
                 self._train_epoch(train, batch_size, augment, per_epoch, f"epoch {self.epoch + 1}/{epochs}",
                                   progress)
                 if self._stop:
-                    self._stop = False
+                    signum, self._stop = self._stop, None
                     if checkpoint is not None:
                         self.save(checkpoint)
-                    raise KeyboardInterrupt(f"stopped in epoch {self.epoch + 1} after batch {self.batch}")
+                    raise Stopped(signum, f"stopped in epoch {self.epoch + 1} after batch {self.batch}")
                 record = self._end_epoch(val, batch_size)
                 if checkpoint is not None and self._in_a_row:
                     # Parameters right after a rejected step are suspect: keep the last checkpoint instead.
@@ -221,7 +224,16 @@ class Trainer:
                     self.save(checkpoint)
                 for callback in callbacks:
                     callback(self, record)
+        if self._in_a_row:
+            self._diverged_at_the_end(checkpoint)
         return self.history
+
+    def _diverged_at_the_end(self, checkpoint) -> None:
+        kept = (f"{checkpoint} holds the last checkpoint saved after a good step" if checkpoint is not None
+                and has_checkpoint(checkpoint) else "no checkpoint was saved" if checkpoint is not None
+                else "its parameters are those of the last good update")
+        raise DivergenceError(f"the run ended on a rejected step ({self._in_a_row} in a row, {self.rejected} "
+                              f"rejected in all): {kept}; lower the learning rate or check the data")
 
     def _train_epoch(self, train, batch_size, augment, per_epoch, label, progress) -> None:
         if isinstance(train, Dataset):
@@ -274,24 +286,16 @@ class Trainer:
         """The scheduled learning rate of the latest update (of the next one before any)."""
         return self._lr_at(max(0, self.updates - 1))
 
-    @contextlib.contextmanager
     def _deferred_interrupt(self):
-        """Ctrl-C during fit asks it to stop at the next update boundary, where the state is whole; a step cut
-        in half (parameters updated in place) could not be saved or continued."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
+        """Ctrl-C or SIGTERM during fit asks it to stop at the next update boundary, where the state is whole; a
+        step cut in half (parameters updated in place) could not be saved or continued."""
 
         def handler(signum, frame):
             if self._stop:
-                raise KeyboardInterrupt
-            self._stop = True
+                raise Stopped(signum)
+            self._stop = signum
 
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        return stop_signals(handler)
 
     def _check_checkpointable(self) -> None:
         if not self.session.capabilities.optimizer_state:

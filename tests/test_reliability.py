@@ -17,6 +17,7 @@ import edge_lbp
 from edge_lbp.checkpoint import CheckpointError, load_checkpoint, locked, save_checkpoint
 from edge_lbp.core.artifact import ArtifactError
 from edge_lbp.runtime.session import NonFiniteStep
+from edge_lbp.status import ExitStatus
 
 pytest.importorskip("torch", reason="the export extra is not installed (tiny artifacts are exported here)")
 
@@ -136,10 +137,41 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(artifact, tmp_pa
     assert any("not saved after epoch" in str(w.message) for w in caught)
     assert _digest(tmp_path / "ckpt") == saved  # the good checkpoint is still the one there
     capsys.readouterr()
-    assert main(args + ["--lr", "1e30", "--epochs", "3", "--max-rejected", "2"]) == 2
+    assert main(args + ["--lr", "1e30", "--epochs", "3", "--max-rejected", "2"]) == ExitStatus.DIVERGED == 3
     *notes, last = capsys.readouterr().err.strip().splitlines()
     assert last.startswith("edge-lbp: error: 2 steps in a row rejected")
     assert notes and all(n.startswith("edge-lbp: warning: ") and "step rejected" in n for n in notes)
+
+
+def test_a_run_that_ends_on_rejected_steps_never_exits_0(artifact, tmp_path, capsys):
+    """Fewer than --max-rejected in a row, but every epoch ends on a rejected step: no checkpoint is ever written,
+    and the status says diverged, not success."""
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x_train=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), y_train=np.arange(8) % 2)
+    folder = tmp_path / "ckpt"
+    # The first update at 1e30 blows the parameters up; the 5 steps after it are rejected (limit: 10 in a row).
+    args = ["train", str(artifact), "--data", str(data), "--threads", "1", "--batch-size", "4", "--no-augment",
+            "--lr", "1e30", "--epochs", "3", "--checkpoint", str(folder)]
+    assert main(args) == ExitStatus.DIVERGED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert sum("step rejected" in line for line in err) == 5 and "not saved after epoch 3" in err[-2]
+    assert err[-1] == ("edge-lbp: error: the run ended on a rejected step (5 in a row, 5 rejected in all): no "
+                       "checkpoint was saved; lower the learning rate or check the data")
+    assert not (folder / "checkpoint.json").exists()
+    # With a good checkpoint before the divergence, the message points at it and the checkpoint stays as it was.
+    good = args[:-6] + ["--lr", "1e-3", "--epochs", "1", "--checkpoint", str(tmp_path / "c2")]
+    assert main(good) == ExitStatus.OK
+    saved = _digest(tmp_path / "c2")
+    trainer = Trainer.resume(tmp_path / "c2", threads=1)
+    trainer.peak_lr = 1e30
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        with pytest.raises(DivergenceError, match=f"ended on a rejected step .*: {tmp_path / 'c2'} holds the last "
+                                                  "checkpoint saved after a good step"):
+            trainer.fit(open_dataset(data, trainer.manifest), epochs=3, batch_size=4, augment=False,
+                        checkpoint=tmp_path / "c2", progress=False)
+    assert _digest(tmp_path / "c2") == saved
 
 
 # -- 2. resuming with another artifact -----------------------------------------------------------------------------

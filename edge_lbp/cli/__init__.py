@@ -4,7 +4,8 @@ its parser (``add_parser``) beside its handlers; the options several commands sh
 
 Command modules import only the standard library, numpy and the light core at their top, their handlers the rest,
 so ``edge-lbp --help`` stays fast and the device path never imports torch or onnxruntime. Every error reaches the
-user as one ``edge-lbp: error:`` line.
+user as one ``edge-lbp: error:`` line, and every command ends with a status of ``edge_lbp.status.ExitStatus``;
+SIGTERM stops a command as Ctrl-C does.
 """
 import argparse
 import contextlib
@@ -14,6 +15,7 @@ import warnings
 
 from edge_lbp._version import __version__
 from edge_lbp.cli import demo, doctor, export, fleet, ops, plan, profile, train
+from edge_lbp.status import ExitStatus, raise_stopped, signal_name, status_of, stop_signals
 
 COMMANDS = (demo, export, train, profile, doctor, fleet, ops, plan)  # in the order --help lists them
 
@@ -61,21 +63,21 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except _UsageError as exc:
         print(f"edge-lbp: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     if args.command is None:
         parser.print_help()
-        return 0
+        return ExitStatus.OK
     try:
-        with _warnings_as_lines():
+        with stop_signals(raise_stopped), _warnings_as_lines():
             return args.run(args)
-    except KeyboardInterrupt:
-        print("edge-lbp: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"edge-lbp: stopped by {signal_name(exc)}", file=sys.stderr)
+        return status_of(exc)
     except Exception as exc:  # every error is one line; --debug shows where it came from
         if args.debug or os.environ.get("EDGE_LBP_DEBUG"):
             raise
         print(f"edge-lbp: error: {_describe(exc)}", file=sys.stderr)
-        return 2
+        return status_of(exc)
 
 
 def _describe(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from edge_lbp.cli import options
+from edge_lbp.status import signal_name, status_of
 
 
 def add_parser(commands) -> None:
@@ -109,9 +110,9 @@ def local(args) -> int:
     started = time.monotonic()
     try:
         fleet.run(lambda line: print(line, flush=True))
-    except KeyboardInterrupt:
-        print("edge-lbp: interrupted; every Flower process is stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"edge-lbp: stopped by {signal_name(exc)}; every Flower process is stopped", file=sys.stderr)
+        return status_of(exc)
     print(f"fleet: {args.rounds} rounds in {time.monotonic() - started:.0f} s; global models in {fleet.out}")
     return 0
 

@@ -5,6 +5,7 @@ import sys
 
 from edge_lbp.cli import options
 from edge_lbp.schedule import SCHEDULES
+from edge_lbp.status import signal_name, status_of
 
 
 def add_parser(commands) -> None:
@@ -23,7 +24,7 @@ def add_parser(commands) -> None:
                      help="clip the gradient norm to X (numba engine)")
     cmd.add_argument("--no-augment", action="store_true", help="no random crops and flips of the training images")
     cmd.add_argument("--checkpoint", metavar="DIR",
-                     help="save a checkpoint here after every epoch and on Ctrl-C (at the next update)")
+                     help="save a checkpoint here after every epoch and on Ctrl-C or SIGTERM (at the next update)")
     cmd.add_argument("--resume", action="store_true",
                      help="continue from the checkpoint in --checkpoint (its hyper-parameters, data position)")
     cmd.add_argument("--export-onnx", metavar="PATH", help="write the adapted model as an inference ONNX file")
@@ -102,11 +103,11 @@ def _train(args) -> int:
     try:
         trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size, augment=not args.no_augment,
                     callbacks=[report], checkpoint=args.checkpoint)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         saved = f"; saved to {args.checkpoint}, continue with --resume" if args.checkpoint else ""
-        print(f"edge-lbp: interrupted in epoch {trainer.epoch + 1} after batch {trainer.batch}{saved}",
-              file=sys.stderr)
-        return 130
+        print(f"edge-lbp: stopped by {signal_name(exc)} in epoch {trainer.epoch + 1} after batch {trainer.batch}"
+              f"{saved}", file=sys.stderr)
+        return status_of(exc)
     if args.export_onnx:
         print(f"inference model: {export_inference(trainer.session, args.export_onnx)}")
     return 0
