@@ -4,6 +4,8 @@ Each case ends in one clear line, and nothing trained is lost."""
 import hashlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +28,7 @@ from edge_lbp.data import open_dataset  # noqa: E402
 from edge_lbp.methods import export_model  # noqa: E402
 from edge_lbp.trainer import DivergenceError, DivergenceWarning, Trainer  # noqa: E402
 from test_data import write_folder  # noqa: E402
+from test_stop_signals import handles_sigterm  # noqa: E402
 
 THREADS = 1
 
@@ -425,10 +428,8 @@ def test_artifacts_and_checkpoints_are_readable_by_others(artifact, tmp_path):
 
 
 # -- kill -9 at random moments, inside saves too ---------------------------------------------------------------------
-@pytest.mark.slow
-def test_kill_9_loop_resumes_bit_identically(tmp_path):
-    """`edge-lbp train` killed with SIGKILL at least 10 times (the first ones the moment a save has begun), each
-    time resumed from its checkpoint, ends bit-identical to an uninterrupted run; no kill leaves a partial one."""
+def _long_run(tmp_path):
+    """The stop loops' run (``command(folder, resume)``) and its uninterrupted reference checkpoint."""
     from edge_lbp.export.models import load_pretrained
     from edge_lbp.synthetic import write_task
 
@@ -442,6 +443,21 @@ def test_kill_9_loop_resumes_bit_identically(tmp_path):
 
     reference = subprocess.run(command(tmp_path / "ref", False), capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr
+    return command, tmp_path / "ref"
+
+
+def _assert_bit_identical(reference, folder):
+    (ref_tensors, ref_meta), (tensors, meta) = load_checkpoint(reference), load_checkpoint(folder)
+    assert ref_tensors.keys() == tensors.keys()
+    assert all(np.array_equal(ref_tensors[k], tensors[k]) for k in tensors)
+    assert [h["train_loss"] for h in meta["history"]] == [h["train_loss"] for h in ref_meta["history"]]
+
+
+@pytest.mark.slow
+def test_kill_9_loop_resumes_bit_identically(tmp_path):
+    """`edge-lbp train` killed with SIGKILL at least 10 times (the first ones the moment a save has begun), each
+    time resumed from its checkpoint, ends bit-identical to an uninterrupted run; no kill leaves a partial one."""
+    command, reference = _long_run(tmp_path)
     folder, kills, in_save, rng = tmp_path / "killed", 0, 0, np.random.default_rng(0)
     for _ in range(60):
         started = (folder / "checkpoint.json").exists()
@@ -463,7 +479,39 @@ def test_kill_9_loop_resumes_bit_identically(tmp_path):
         assert process.wait(timeout=600) == 0, process.stderr.read().decode()
         break
     assert kills >= 10 and in_save >= 1, (kills, in_save)
-    (ref_tensors, ref_meta), (tensors, meta) = load_checkpoint(tmp_path / "ref"), load_checkpoint(folder)
-    assert ref_tensors.keys() == tensors.keys()
-    assert all(np.array_equal(ref_tensors[k], tensors[k]) for k in tensors)
-    assert [h["train_loss"] for h in meta["history"]] == [h["train_loss"] for h in ref_meta["history"]]
+    _assert_bit_identical(reference, folder)
+
+
+@pytest.mark.slow
+def test_sigterm_loop_saves_at_the_next_update_and_resumes_bit_identically(tmp_path):
+    """`edge-lbp train` stopped with SIGTERM (a service manager's stop) at least 8 times at random moments, saves
+    at the next update and exits 143 with one line; each time resumed, it ends bit-identical to an uninterrupted
+    run."""
+    command, reference = _long_run(tmp_path)
+    folder, stops, rng = tmp_path / "stopped", 0, np.random.default_rng(1)
+    for _ in range(40):
+        started = (folder / "checkpoint.json").exists()
+        process = subprocess.Popen(command(folder, started), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True)
+        while process.poll() is None and not handles_sigterm(process.pid):
+            time.sleep(0.005)
+        deadline = time.monotonic() + (600.0 if stops >= 8 else rng.uniform(0.0, 4.0))
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if process.poll() is None and stops < 8:
+            process.send_signal(signal.SIGTERM)
+            err = process.communicate(timeout=300)[1]
+            if process.returncode == 0:  # the signal came after the last epoch's save: the run is complete
+                break
+            stops += 1
+            assert process.returncode == ExitStatus.TERMINATED == 143, err
+            assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("edge-lbp: stopped by SIGTERM")
+            stopped = re.search(r"in epoch (\d+) after batch (\d+); saved to", err)
+            if stopped:  # stopped inside training: the checkpoint is the state at that update
+                position = load_checkpoint(folder)[1]["position"]
+                assert (position["epoch"] + 1, position["batch"]) == tuple(map(int, stopped.groups())), err
+            continue
+        assert process.wait(timeout=600) == 0, process.stderr.read()
+        break
+    assert stops >= 8, stops
+    _assert_bit_identical(reference, folder)

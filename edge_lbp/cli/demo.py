@@ -23,6 +23,7 @@ import numpy as np
 
 from edge_lbp.cli import options
 from edge_lbp.core import defaults, packaged
+from edge_lbp.status import ExitStatus
 
 BACKBONE = packaged.BACKBONE
 EPOCHS = 8
@@ -218,4 +219,4 @@ def run(args) -> int:
         _say(f"  peak memory while training: {peak / 2**20:.0f} MiB ({memory.method})")
         _say(f"  energy: {_energy(sampler, len(trainer.step_times), len(trainer.step_times) * BATCH)}")
     _say(f"  total {time.perf_counter() - started:.0f} s")
-    return 0
+    return ExitStatus.OK

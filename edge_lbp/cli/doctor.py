@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from edge_lbp._version import __version__
+from edge_lbp.status import ExitStatus
 
 ORT_MACHINES = ("x86_64", "AMD64")  # onnxruntime-training 1.19.2 publishes x86_64 wheels only
 
@@ -191,4 +192,4 @@ def run(args) -> int:
     report = full_report()
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     sys.stdout.flush()
-    return 0
+    return ExitStatus.OK

@@ -4,6 +4,7 @@ import sys
 
 from edge_lbp.cli import options
 from edge_lbp.core.defaults import GRADIENTS, OPTIMIZERS
+from edge_lbp.status import ExitStatus
 
 
 def add_parser(commands) -> None:
@@ -51,4 +52,4 @@ def run(args) -> int:
         extra_tokens=args.extra_tokens, block=args.block, method=args.method, taps=args.taps, progress=progress,
         gradients=args.gradients)
     print(report.format())
-    return 0
+    return ExitStatus.OK

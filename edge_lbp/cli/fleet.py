@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from edge_lbp.cli import options
-from edge_lbp.status import signal_name, status_of
+from edge_lbp.status import ExitStatus, signal_name, status_of
 
 
 def add_parser(commands) -> None:
@@ -114,14 +114,14 @@ def local(args) -> int:
         print(f"edge-lbp: stopped by {signal_name(exc)}; every Flower process is stopped", file=sys.stderr)
         return status_of(exc)
     print(f"fleet: {args.rounds} rounds in {time.monotonic() - started:.0f} s; global models in {fleet.out}")
-    return 0
+    return ExitStatus.OK
 
 
 def app(args) -> int:
     from edge_lbp.fleet import APP_DIR
 
     print(APP_DIR)
-    return 0
+    return ExitStatus.OK
 
 
 def superlink(args) -> int:

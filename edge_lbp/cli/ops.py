@@ -1,5 +1,6 @@
 """``edge-lbp ops``: the ops the numba engine runs, generated from the kernel registry (the README's op table is
 this command's output; a test keeps the two equal)."""
+from edge_lbp.status import ExitStatus
 
 
 def add_parser(commands) -> None:
@@ -27,4 +28,4 @@ def table() -> str:
 
 def run(args) -> int:
     print(table())
-    return 0
+    return ExitStatus.OK

@@ -1,5 +1,6 @@
 """``edge-lbp plan``: which training methods fit a memory budget at a batch size (``edge_lbp.plan``)."""
 from edge_lbp.cli import options
+from edge_lbp.status import ExitStatus
 
 
 def add_parser(commands) -> None:
@@ -21,4 +22,4 @@ def run(args) -> int:
     budget = parse_size(args.memory)
     baseline, rows = plan(args.artifact, args.batch_size, threads=args.threads, zo_blocks=args.zo_blocks)
     print(format_plan(args.artifact, args.batch_size, budget, baseline, rows))
-    return 0
+    return ExitStatus.OK

@@ -4,6 +4,7 @@ import sys
 import warnings
 
 from edge_lbp.cli import options
+from edge_lbp.status import ExitStatus
 
 
 def add_parser(commands) -> None:
@@ -43,4 +44,4 @@ def run(args) -> int:
     paths = prof.write(args.out)
     print(summary(prof.report(), warmup=args.warmup, data=args.data))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return ExitStatus.OK

@@ -5,7 +5,7 @@ import sys
 
 from edge_lbp.cli import options
 from edge_lbp.schedule import SCHEDULES
-from edge_lbp.status import signal_name, status_of
+from edge_lbp.status import ExitStatus, signal_name, status_of
 
 
 def add_parser(commands) -> None:
@@ -110,7 +110,7 @@ def _train(args) -> int:
         return status_of(exc)
     if args.export_onnx:
         print(f"inference model: {export_inference(trainer.session, args.export_onnx)}")
-    return 0
+    return ExitStatus.OK
 
 
 def _device_options():
@@ -142,4 +142,4 @@ def evaluate(args) -> int:
     data = open_dataset(args.data, trainer.manifest, split=args.split, classes=classes)
     metrics = trainer.evaluate(data, batch_size=args.batch_size)
     print(f"loss {metrics['loss']:.4f}  accuracy {metrics['accuracy']:.4f}  samples {metrics['samples']}")
-    return 0
+    return ExitStatus.OK

@@ -1,0 +1,83 @@
+"""A service manager's SIGTERM stops every long-running command as Ctrl-C does (one line, exit status 143, nothing
+left behind), and the exit statuses are the docs' table. (`train`'s SIGTERM loop is in test_reliability.py,
+`fleet local`'s in test_fleet.py.)"""
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_lbp.status import ExitStatus, Stopped, status_of
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def handles_sigterm(pid) -> bool:
+    """Whether the process has installed its SIGTERM handler yet (before, SIGTERM would end Python at once)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def _wait_for_handler(process) -> None:
+    while process.poll() is None and not handles_sigterm(process.pid):
+        time.sleep(0.005)
+
+
+def test_the_docs_table_lists_every_exit_status():
+    text = (DOCS / "device.md").read_text()
+    rows = re.findall(r"^\| `(\d+)` \| (\w+) \|", text, re.M)
+    assert [(int(code), name) for code, name in rows] == [(s.value, s.name) for s in ExitStatus]
+
+
+@pytest.mark.parametrize("exc, status", [
+    (KeyboardInterrupt(), 130), (Stopped(signal.SIGTERM), 143), (ValueError("bad"), 2), (MemoryError(), 2),
+    (FileNotFoundError("x"), 2), (OSError(28, "No space left on device"), 1), (RuntimeError("bug"), 1),
+])
+def test_each_ending_has_its_status(exc, status):
+    assert status_of(exc) == status
+
+
+def test_profile_stops_on_sigterm_with_one_line(tmp_path):
+    pytest.importorskip("torch", reason="the export extra is not installed (the test artifact is exported here)")
+    from edge_lbp.methods import export_model
+
+    export_model("vit-tiny", tmp_path / "art", lr=1e-3)
+    process = subprocess.Popen([sys.executable, "-m", "edge_lbp", "profile", str(tmp_path / "art"), "--steps",
+                                "100000", "--warmup", "0", "--threads", "1", "--out", str(tmp_path / "out")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_handler(process)
+    time.sleep(2)  # into the profiled steps
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == ExitStatus.TERMINATED, err
+    assert err == "edge-lbp: stopped by SIGTERM\n" and out == ""
+    assert not list((tmp_path / "out").glob("*")), "a partial report was written"
+
+
+@pytest.mark.slow
+def test_demo_stops_on_sigterm_during_training_and_cleans_up(tmp_path):
+    import os
+
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-m", "edge_lbp", "demo", "--epochs", "3", "--threads", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "accuracy before adaptation" in line:
+            time.sleep(2)  # training now
+            process.send_signal(signal.SIGTERM)
+            break
+    rest, err = process.communicate(timeout=300)
+    report = "".join(lines) + rest + err
+    assert process.returncode == ExitStatus.TERMINATED, report
+    assert err.strip().splitlines()[-1] == "edge-lbp: stopped by SIGTERM" and "Traceback" not in err, report
+    assert "total" not in rest, report
+    assert not list(tmp_path.glob("edge_lbp_demo_*")), "the demo's temporary folder was left behind"
