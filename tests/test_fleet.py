@@ -105,6 +105,29 @@ def test_client_reply_equals_the_trainer_alone_bit_for_bit(artifact, data, monke
     assert metrics["num-examples"] == examples and metrics["step_ms"] > 0 and metrics["local_val_samples"] == 50
 
 
+def test_a_round_aggregates_the_boards_that_answered_when_min_nodes_did(monkeypatch):
+    from flwr.app import Error
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from edge_lbp.fleet.server import FleetAvg
+
+    for key in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, key, 7)
+    sent = Message(content=RecordDict(), message_type=MessageType.TRAIN, dst_node_id=7)
+
+    def reply(value, examples):
+        return Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.full(2, value, np.float32))}),
+                                   "metrics": MetricRecord({"num-examples": examples, "train_loss": value})}),
+                       reply_to=sent)
+
+    lost = Message(Error(code=0, reason="the node is offline"), reply_to=sent)
+    strategy = FleetAvg(min_train_nodes=2, min_available_nodes=2)
+    arrays, _ = strategy.aggregate_train(1, [reply(1.0, 1), lost, reply(5.0, 3)])
+    assert strategy.trained == 2 and np.allclose(arrays["w"].numpy(), (1.0 * 1 + 5.0 * 3) / 4)  # by samples
+    assert strategy.aggregate_train(2, [reply(1.0, 1), lost]) == (None, None)  # the global model stays
+    assert strategy.trained == 1
+
+
 def _descendants(process, seen):
     try:
         for child in psutil.Process(process.pid).children(recursive=True):
@@ -188,7 +211,43 @@ def test_local_deployment_learns_survives_a_killed_node_and_saves_whole_models(a
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_flower_process(artifact, data, tmp_path):
+def test_local_rounds_go_on_without_a_board_lost_for_good(artifact, data, tmp_path):
+    """`--min-nodes 2 --restarts 0`: a SuperNode killed after round 1 stays dead; rounds 2 and 3 aggregate the
+    other two and the global model still improves."""
+    command = [sys.executable, "-m", "edge_lbp", "fleet", "local", str(artifact), "--data", str(data),
+               "--clients", "3", "--rounds", "3", "--min-nodes", "2", "--restarts", "0", "--seed", str(SEED),
+               "--out", str(tmp_path / "fleet"), "--timeout", "900"]
+    fleet = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, lines = {}, []
+    try:
+        for line in fleet.stdout:
+            lines.append(line.rstrip())
+            _descendants(fleet, seen)
+            if line.startswith("round 1/3"):
+                _kill_tree(next(p for p in seen.values() if _is_supernode(p, 1)))
+        status = fleet.wait(timeout=60)
+    finally:
+        if fleet.poll() is None:
+            fleet.send_signal(signal.SIGINT)
+            fleet.wait(timeout=60)
+    report = "\n".join(lines)
+    assert status == 0, report
+    assert any(x.startswith("fleet: supernode-1 exited") and "the rounds go on with the 2 others" in x
+               for x in lines), report
+    accuracy = {int(m.group(1)): float(m.group(2)) for m in
+                (re.match(r"round (\d)/3: global val accuracy ([\d.]+)", x) for x in lines) if m}
+    assert sorted(accuracy) == [0, 1, 2, 3], report
+    assert "; 3 boards trained" in next(x for x in lines if x.startswith("round 1/3")), report
+    for r in (2, 3):
+        assert "; 2 boards trained (" in next(x for x in lines if x.startswith(f"round {r}/3")), report
+    assert accuracy[3] > accuracy[1], report
+    time.sleep(1)
+    assert not [p.pid for p in seen.values() if p.is_running()], "Flower processes left running"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_every_flower_process(artifact, data, tmp_path, stop, status):
     command = [sys.executable, "-m", "edge_lbp", "fleet", "local", str(artifact), "--data", str(data),
                "--clients", "2", "--rounds", "5", "--out", str(tmp_path / "fleet"), "--timeout", "600"]
     fleet = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -200,12 +259,14 @@ def test_ctrl_c_stops_every_flower_process(artifact, data, tmp_path):
             if line.startswith("round 0/5"):
                 time.sleep(3)  # the boards are training now
                 _descendants(fleet, seen)
-                fleet.send_signal(signal.SIGINT)
-        status = fleet.wait(timeout=120)
+                fleet.send_signal(stop)
+        ended = fleet.wait(timeout=120)
     finally:
         if fleet.poll() is None:
             fleet.kill()
-    assert status == 130, "\n".join(lines)
+    assert ended == status, "\n".join(lines)
+    assert lines[-1].startswith(f"edge-lbp: stopped by {'Ctrl-C' if stop == signal.SIGINT else 'SIGTERM'}; every "
+                                "Flower process is stopped"), "\n".join(lines)
     assert len(seen) >= 6, seen  # SuperLink, its SuperExec, 2 SuperNodes and theirs, at least: all were tracked
     assert not [p.pid for p in seen.values() if p.is_running()], "Flower processes left running"
 

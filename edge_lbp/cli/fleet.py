@@ -1,7 +1,8 @@
 """``edge-lbp fleet``: federated adaptation across boards with Flower (the ``fleet`` extra).
 
-``local`` runs a whole deployment on this machine; ``superlink``, ``supernode`` and ``run`` start the pieces of a
-real one (Flower's own commands with this project's defaults); ``app`` prints the Flower App folder.
+``local`` runs a whole deployment on this machine; ``superlink``, ``supernode``, ``register`` and ``run`` start the
+pieces of a real one (Flower's own commands with this project's defaults: TLS, and with ``--enable-supernode-auth``
+only registered boards join); ``app`` prints the Flower App folder.
 """
 import os
 import sys
@@ -37,14 +38,22 @@ def add_parser(commands) -> None:
     cmd.add_argument("--out", default="fleet-out", metavar="DIR",
                      help="round-<r>/ (checkpoint + model.onnx), rounds.jsonl, logs/ (default: %(default)s)")
     cmd.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="stop the whole run after S seconds")
+    cmd.add_argument("--min-nodes", type=options.count, metavar="N",
+                     help="boards a round needs; the rounds go on without a lost board while N are left "
+                          "(default: --clients)")
+    cmd.add_argument("--restarts", type=options.count0, default=2, metavar="K",
+                     help="a SuperNode that dies is started again up to K times in all (default: %(default)s)")
     _add_round_options(cmd)
     cmd.set_defaults(run=local)
 
     cmd = sub.add_parser("superlink", help="start Flower's SuperLink (the server; the ServerApp runs beside it)")
     cmd.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     cmd.add_argument("--port", type=int, default=9093, help="(default: %(default)s)")
-    cmd.add_argument("--ssl-certfile", metavar="PEM")
-    cmd.add_argument("--ssl-keyfile", metavar="PEM")
+    cmd.add_argument("--ssl-certfile", metavar="PEM", help="the SuperLink's TLS certificate")
+    cmd.add_argument("--ssl-keyfile", metavar="PEM", help="its private key")
+    cmd.add_argument("--ssl-ca-certfile", metavar="PEM", help="the CA certificate that signed it")
+    cmd.add_argument("--enable-supernode-auth", action="store_true",
+                     help="only SuperNodes whose public key was registered (`edge-lbp fleet register`) may join")
     _add_insecure(cmd)
     cmd.set_defaults(run=superlink)
 
@@ -56,16 +65,27 @@ def add_parser(commands) -> None:
     options.add_threads(cmd)
     cmd.add_argument("--port", type=int, default=9094, metavar="P",
                      help="the SuperNode's own API on 127.0.0.1 (default: %(default)s; one per SuperNode)")
+    cmd.add_argument("--auth-supernode-private-key", metavar="KEY",
+                     help="this board's private key (OpenSSH format, NIST curve: ssh-keygen -t ecdsa -b 384), "
+                          "for a SuperLink with --enable-supernode-auth")
     _add_client_tls(cmd)
     cmd.set_defaults(run=supernode)
+
+    cmd = sub.add_parser("register", help="let a board join a SuperLink with --enable-supernode-auth "
+                                          "(flwr supernode register)")
+    cmd.add_argument("public_key", metavar="PUBLIC_KEY", help="the board's public key (its KEY.pub)")
+    cmd.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    _add_client_tls(cmd)
+    cmd.set_defaults(run=register)
 
     cmd = sub.add_parser("run", help="start a federated run on a SuperLink (flwr run with this project's app)")
     cmd.add_argument("artifact", metavar="ARTIFACT", help="the artifact folder, as a path on the SuperLink machine")
     cmd.add_argument("--superlink", required=True, metavar="HOST:PORT")
     cmd.add_argument("--val", metavar="PATH", help="global validation data, a path on the SuperLink machine")
     cmd.add_argument("--rounds", type=int, default=3, metavar="R", help="(default: %(default)s)")
-    cmd.add_argument("--min-nodes", type=int, default=2, metavar="N",
-                     help="boards connected before a round starts (default: %(default)s)")
+    cmd.add_argument("--min-nodes", type=options.count, default=2, metavar="N",
+                     help="boards a round needs: it starts when N are connected and aggregates those that answered "
+                          "when at least N did (default: %(default)s)")
     cmd.add_argument("--out", default="fleet-out", metavar="DIR",
                      help="the global models, a path on the SuperLink machine (default: %(default)s)")
     _add_client_tls(cmd)
@@ -104,7 +124,7 @@ def local(args) -> int:
 
     fleet = LocalFleet(args.artifact, args.data, clients=args.clients, rounds=args.rounds, out=args.out,
                        partition_by=args.partition, threads=args.threads, timeout=args.timeout,
-                       run_config=_run_config(args))
+                       run_config=_run_config(args), min_nodes=args.min_nodes, restarts=args.restarts)
     print(f"fleet: a SuperLink and {args.clients} SuperNodes on 127.0.0.1, {args.rounds} rounds, "
           f"{args.partition} partitions of {args.data}; logs in {fleet.logs}", flush=True)
     started = time.monotonic()
@@ -130,6 +150,11 @@ def superlink(args) -> int:
 
     command = [flower_executable("flower-superlink"), "--host", args.host, "--port", str(args.port),
                "--disable-runtime-dependency-installation", *_tls(args, server=True)]
+    if args.enable_supernode_auth:
+        if args.insecure:
+            raise ValueError("--enable-supernode-auth needs TLS: give --ssl-certfile, --ssl-keyfile and "
+                             "--ssl-ca-certfile instead of --insecure")
+        command.append("--enable-supernode-auth")
     return _exec(command)
 
 
@@ -145,7 +170,32 @@ def supernode(args) -> int:
     # The SuperNode's own API (its ClientApp processes talk to it) stays on the loopback interface.
     command = [flower_executable("flower-supernode"), "--superlink", args.superlink, "--host", "127.0.0.1",
                "--port", str(args.port), "--node-config", node_config(settings), *_tls(args, server=False)]
+    if args.auth_supernode_private_key:
+        _check_files({"--auth-supernode-private-key": args.auth_supernode_private_key})
+        command += ["--auth-supernode-private-key", args.auth_supernode_private_key]
     return _exec(command)
+
+
+def register(args) -> int:
+    _require_flower()
+    from edge_lbp.fleet.local import flower_executable
+
+    if args.insecure:
+        raise ValueError("registering a board needs TLS (a SuperLink with --enable-supernode-auth has it): give "
+                         "--root-certificates")
+    _use_flower_home(args)
+    return _exec([flower_executable("flwr"), "supernode", "register", args.public_key, "fleet"])
+
+
+def _use_flower_home(args) -> None:
+    """A Flower home of this command's own whose ``fleet`` connection is ``--superlink``, so the user's
+    ~/.flwr/config.toml is never rewritten."""
+    from edge_lbp.fleet.local import write_flower_home
+
+    _tls(args, server=False)  # refuses a connection that is neither TLS nor --insecure
+    home = write_flower_home(Path.home() / ".cache" / "edge_lbp" / "flwr-home", args.superlink,
+                             None if args.insecure else args.root_certificates)
+    os.environ["FLWR_HOME"] = str(home)
 
 
 def run(args) -> int:
@@ -153,14 +203,9 @@ def run(args) -> int:
 
     _require_flower()
     from edge_lbp.fleet import APP_DIR
-    from edge_lbp.fleet.local import flower_executable, write_flower_home
+    from edge_lbp.fleet.local import flower_executable
 
-    if not (args.insecure or args.root_certificates):
-        raise ValueError("flwr run needs --root-certificates (the SuperLink's CA) or --insecure")
-    # A Flower home of this command's own, so the user's ~/.flwr/config.toml is never rewritten.
-    home = write_flower_home(Path.home() / ".cache" / "edge_lbp" / "flwr-home", args.superlink,
-                             None if args.insecure else args.root_certificates)
-    os.environ["FLWR_HOME"] = str(home)
+    _use_flower_home(args)
     overrides = {"artifact": str(Path(args.artifact).resolve()), "out": args.out,
                  "num-server-rounds": args.rounds, "min-nodes": args.min_nodes, **_run_config(args)}
     if args.val:
@@ -180,12 +225,25 @@ def _tls(args, *, server: bool) -> list:
     if args.insecure:
         return ["--insecure"]
     if server:
-        if not (args.ssl_certfile and args.ssl_keyfile):
-            raise ValueError("a SuperLink needs --ssl-certfile and --ssl-keyfile (or --insecure on a trusted network)")
-        return ["--ssl-certfile", args.ssl_certfile, "--ssl-keyfile", args.ssl_keyfile]
+        files = {"--ssl-certfile": args.ssl_certfile, "--ssl-keyfile": args.ssl_keyfile,
+                 "--ssl-ca-certfile": args.ssl_ca_certfile}
+        if not all(files.values()):
+            raise ValueError("a SuperLink needs --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile (or --insecure "
+                             "on a trusted network)")
+        _check_files(files)
+        return [text for option, path in files.items() for text in (option, path)]
     if not args.root_certificates:
-        raise ValueError("a SuperNode needs --root-certificates (the SuperLink's CA) or --insecure")
+        raise ValueError("connecting to a SuperLink needs --root-certificates (its CA certificate) or --insecure "
+                         "on a trusted network")
+    _check_files({"--root-certificates": args.root_certificates})
     return ["--root-certificates", args.root_certificates]
+
+
+def _check_files(files: dict) -> None:
+    """A missing certificate is one line here, not a Flower process that exits with its own message."""
+    for option, path in files.items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{option} {path}: no such file")
 
 
 def _exec(command) -> int:

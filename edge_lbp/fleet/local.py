@@ -4,7 +4,8 @@ Everything listens on the loopback interface only (127.0.0.1, on free ports) and
 Flower executables (no Ray, no simulation engine, no dependency installation). Each SuperNode trains on its own
 part of the dataset (``partition-id`` in its node config). A SuperNode that dies is started again (a board that
 reboots) up to ``restarts`` times; the round it died in completes with the others once the SuperLink notices the
-missing heartbeats (about a minute in Flower 1.42).
+missing heartbeats (about a minute in Flower 1.42). With ``min_nodes`` below ``clients`` the rounds go on without a
+board whose restarts are spent, as long as ``min_nodes`` are left (each round aggregates the nodes that answered).
 
 Every process started here, and every process those start (Flower's SuperExec, ServerApp and ClientApp
 processes), is remembered by id and stopped when the run ends, fails or is interrupted. Logs go to
@@ -77,9 +78,12 @@ class LocalFleet:
     """Start with ``run(on_line)``: it returns when ``flwr run`` ends and always stops every process first."""
 
     def __init__(self, artifact, data, *, clients: int, rounds: int, out, partition_by: str = "iid",
-                 run_config: dict | None = None, threads: int = 1, restarts: int = 2, timeout: float = 3600.0):
-        if clients < 1 or rounds < 1:
-            raise ValueError(f"--clients and --rounds must be at least 1, got {clients} and {rounds}")
+                 run_config: dict | None = None, threads: int = 1, restarts: int = 2, timeout: float = 3600.0,
+                 min_nodes: int | None = None):
+        min_nodes = clients if min_nodes is None else min_nodes
+        if clients < 1 or rounds < 1 or not 1 <= min_nodes <= clients or restarts < 0:
+            raise ValueError(f"--clients and --rounds must be at least 1, --min-nodes from 1 to --clients, "
+                             f"--restarts at least 0; got {clients}, {rounds}, {min_nodes}, {restarts}")
         from edge_lbp.core.artifact import Artifact
 
         Artifact.open(artifact)  # a wrong path fails here in one line, not in a ServerApp traceback minutes later
@@ -90,7 +94,7 @@ class LocalFleet:
         self.out = Path(out).resolve()
         self.logs = self.out / "logs"
         self.run_config = dict(run_config or {})
-        self.restarts, self.timeout = restarts, timeout
+        self.restarts, self.timeout, self.min_nodes = restarts, timeout, min_nodes
         self.processes = {}  # role -> Popen of the processes started here
         self.known = {}  # pid -> psutil.Process of everything started here or by them (checked by create time)
         self.restarted = 0
@@ -144,7 +148,7 @@ class LocalFleet:
     def _follow_run(self, on_line) -> None:
         overrides = self.out / "run-config.toml"
         config = {"artifact": self.artifact, "val-data": self.data, "out": str(self.out),
-                  "num-server-rounds": self.rounds, "min-nodes": self.clients, **self.run_config}
+                  "num-server-rounds": self.rounds, "min-nodes": self.min_nodes, **self.run_config}
         overrides.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
         run = self._start("flwr-run", [flower_executable("flwr"), "run", str(APP_DIR), "fleet", "--stream",
                                        "--run-config", str(overrides)], stdout=subprocess.PIPE)
@@ -168,22 +172,29 @@ class LocalFleet:
                 on_line(line)
             elif _EXCEPTION.match(line):
                 error = line  # a traceback's last line: what went wrong in the ServerApp
-            self._watch()
+            self._watch(on_line)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the run did not finish within {self.timeout:.0f} s (logs in {self.logs})")
 
-    def _watch(self) -> None:
-        """Remember new descendants; start a SuperNode again when it died, within the restart budget."""
+    def _watch(self, on_line) -> None:
+        """Remember new descendants; start a SuperNode again when it died, within the restart budget; beyond it,
+        go on without it while ``min_nodes`` are left."""
         for process in list(self.processes.values()):
             self._remember(process.pid)
         for role, process in list(self.processes.items()):
             if role.startswith("supernode-") and process.poll() is not None:
-                if self.restarted >= self.restarts:
-                    raise FleetError(f"{role} exited (status {process.returncode}) and the restart budget "
-                                       f"({self.restarts}) is spent (see {self.logs / (role + '.log')})")
-                self.restarted += 1
-                link = self.processes["superlink"].args[self.processes["superlink"].args.index("--port") + 1]
-                self._start_supernode(int(role.split("-")[1]), int(link))
+                why = f"{role} exited (status {process.returncode}) and the restart budget ({self.restarts}) is spent"
+                if self.restarted < self.restarts:
+                    self.restarted += 1
+                    link = self.processes["superlink"].args[self.processes["superlink"].args.index("--port") + 1]
+                    self._start_supernode(int(role.split("-")[1]), int(link))
+                    continue
+                del self.processes[role]  # stays in self.known, which stop() goes through
+                left = sum(r.startswith("supernode-") for r in self.processes)
+                if left < self.min_nodes:
+                    raise FleetError(f"{why}: {left} SuperNodes left, fewer than --min-nodes {self.min_nodes} "
+                                     f"(see {self.logs / (role + '.log')})")
+                on_line(f"fleet: {why}; the rounds go on with the {left} others (see {self.logs / (role + '.log')})")
 
     def _remember(self, pid: int) -> None:
         try:

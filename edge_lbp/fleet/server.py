@@ -28,7 +28,8 @@ SUMMED_KEYS = ("energy_j", "energy_measured", "local_val_correct", "local_val_sa
 
 
 class FleetAvg(FedAvg):
-    """Flower's FedAvg unchanged; it only remembers what the boards replied, for the round line."""
+    """Flower's FedAvg over the boards that answered within the round's time, when at least ``min_train_nodes``
+    did (fewer: the global model stays as it was); it remembers what they replied, for the round line."""
 
     trained = 0
     train_metrics = None
@@ -36,6 +37,9 @@ class FleetAvg(FedAvg):
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
         self.trained = sum(not reply.has_error() for reply in replies)
+        if self.trained < self.min_train_nodes:
+            self.train_metrics = None
+            return None, None
         arrays, self.train_metrics = super().aggregate_train(server_round, replies)
         return arrays, self.train_metrics
 
@@ -79,7 +83,8 @@ def main(grid: Grid, context: Context) -> None:
             result = trainer.evaluate(val)
             record.update(val_accuracy=result["accuracy"], val_loss=result["loss"], val_samples=result["samples"])
         if server_round:
-            record.update(boards=strategy.trained, saved=str(save_round(trainer, out / f"round-{server_round}")))
+            record.update(boards=strategy.trained, min_boards=nodes,
+                          saved=str(save_round(trainer, out / f"round-{server_round}")))
             record.update(dict(strategy.train_metrics or {}))
         print(round_line(record), flush=True)
         _append_line(out / "rounds.jsonl", json.dumps(record))
@@ -110,6 +115,8 @@ def round_line(record: dict) -> str:
     if not record["round"]:
         return head + "; the initial model"
     boards = f"; {record['boards']} boards trained"
+    if record["boards"] < record.get("min_boards", 0):
+        boards += f", fewer than min-nodes {record['min_boards']}: the global model stays as it was"
     if "train_loss" in record:
         boards += f" (train loss {record['train_loss']:.3f}, step {record['step_ms']:.0f} ms"
         if record.get("local_val_samples"):
