@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 import psutil
 
 from edge_lbp.fleet import APP_DIR
+from edge_lbp.status import stop_signals
 
 HOST = "127.0.0.1"  # never another address: the local fleet is not reachable from the network
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -114,7 +116,8 @@ class LocalFleet:
                 self._start_supernode(index, link)
             self._follow_run(on_line)
         finally:
-            self.stop()
+            with stop_signals(signal.SIG_IGN):  # a second Ctrl-C must not cut the stopping short: orphans
+                self.stop()
 
     def _start(self, role: str, command, stdout=None) -> subprocess.Popen:
         log = open(self.logs / f"{role}.log", "ab")
