@@ -180,7 +180,8 @@ class Trainer:
         ``callback(trainer, record)`` after each epoch. ``checkpoint``: a folder saved after every epoch, and
         at the next update boundary on Ctrl-C or SIGTERM, after which ``fit`` raises ``edge_lbp.status.Stopped``
         (a ``KeyboardInterrupt`` naming the signal; a second signal stops at once). A run that ends on a rejected
-        step raises ``DivergenceError`` after its last epoch: its end is not saved, and nothing says it converged. ``progress``: a bar on stderr when it is a terminal; ``"always"`` forces it.
+        step raises ``DivergenceError`` after its last epoch: its end is not saved, and nothing says it converged.
+        ``progress``: a bar on stderr when it is a terminal; ``"always"`` forces it.
         """
         if int(epochs) < 1 or int(batch_size) < 1:
             raise ValueError(f"epochs and batch_size must be at least 1; got {epochs}, {batch_size}")
