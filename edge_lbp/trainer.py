@@ -86,6 +86,7 @@ class Trainer:
         self.epoch = 0  # the epoch in progress (0-based)
         self.batch = 0  # batches of that epoch already trained on
         self.history = []  # one record per finished epoch
+        self.saved_at = None  # (epoch, batch) of the checkpoint last saved or resumed from
         self.step_times = []  # seconds of each step() call in this process (timing only: not checkpointed)
         self.classes = None  # class names of the training data (set by fit), saved so evaluation agrees
         self.grad_norm = None  # global gradient norm of the last update before clipping (when clip_norm is set)
@@ -328,7 +329,9 @@ class Trainer:
             "classes": self.classes,
             "history": self.history,
         }
-        return save_checkpoint(checkpoint_dir, tensors, metadata)
+        path = save_checkpoint(checkpoint_dir, tensors, metadata)
+        self.saved_at = (self.epoch, self.batch)
+        return path
 
     @classmethod
     def resume(cls, checkpoint_dir, artifact_dir=None, *, engine: str = "auto", threads=None) -> "Trainer":
@@ -349,6 +352,7 @@ class Trainer:
                                           **_saved(tensors, training.optimizer_state())})
             training.set_method_state(_saved(tensors, training.method_state()))
             trainer.updates, trainer.epoch, trainer.batch = position["updates"], position["epoch"], position["batch"]
+            trainer.saved_at = (trainer.epoch, trainer.batch)
             trainer._running = dict(position["running"])
             trainer.classes, trainer.history = meta["classes"], list(meta["history"])
         except (KeyError, TypeError) as err:

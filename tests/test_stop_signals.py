@@ -1,6 +1,7 @@
 """A service manager's SIGTERM stops every long-running command as Ctrl-C does (one line, exit status 143, nothing
 left behind), and the exit statuses are the docs' table. (`train`'s SIGTERM loop is in test_reliability.py,
 `fleet local`'s in test_fleet.py.)"""
+import os
 import re
 import signal
 import subprocess
@@ -44,12 +45,44 @@ def test_each_ending_has_its_status(exc, status):
     assert status_of(exc) == status
 
 
-def test_profile_stops_on_sigterm_with_one_line(tmp_path):
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
     pytest.importorskip("torch", reason="the export extra is not installed (the test artifact is exported here)")
     from edge_lbp.methods import export_model
 
-    export_model("vit-tiny", tmp_path / "art", lr=1e-3)
-    process = subprocess.Popen([sys.executable, "-m", "edge_lbp", "profile", str(tmp_path / "art"), "--steps",
+    folder = tmp_path_factory.mktemp("stop") / "vit-tiny"
+    export_model("vit-tiny", folder, lr=1e-3)
+    return folder
+
+
+def test_train_saves_at_the_update_after_sigterm_and_exits_143(artifact, tmp_path, monkeypatch, capsys):
+    from edge_lbp.checkpoint import load_checkpoint
+    from edge_lbp.cli import main
+    from edge_lbp.trainer import Trainer
+    from test_data import write_folder
+
+    images = write_folder(tmp_path / "images", per_class=4)
+    step = Trainer.step
+
+    def step_then_sigterm(self, x, y):
+        if self.updates == 2:  # the service manager's stop arrives during the third step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, x, y)
+
+    monkeypatch.setattr(Trainer, "step", step_then_sigterm)
+    folder = tmp_path / "ckpt"
+    code = main(["train", str(artifact), "--data", str(images), "--epochs", "2", "--batch-size", "2", "--threads",
+                 "1", "--checkpoint", str(folder)])
+    assert code == ExitStatus.TERMINATED
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"edge-lbp: stopped by SIGTERM in epoch 1 after batch 3; saved to {folder}, continue with --resume")
+    position = load_checkpoint(folder)[1]["position"]
+    assert (position["epoch"], position["batch"], position["updates"]) == (0, 3, 3)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main put Python's default back
+
+
+def test_profile_stops_on_sigterm_with_one_line(artifact, tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "edge_lbp", "profile", str(artifact), "--steps",
                                 "100000", "--warmup", "0", "--threads", "1", "--out", str(tmp_path / "out")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_handler(process)
@@ -63,8 +96,6 @@ def test_profile_stops_on_sigterm_with_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_demo_stops_on_sigterm_during_training_and_cleans_up(tmp_path):
-    import os
-
     env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1")
     process = subprocess.Popen([sys.executable, "-m", "edge_lbp", "demo", "--epochs", "3", "--threads", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -104,13 +104,24 @@ def _train(args) -> int:
         trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size, augment=not args.no_augment,
                     callbacks=[report], checkpoint=args.checkpoint)
     except KeyboardInterrupt as exc:
-        saved = f"; saved to {args.checkpoint}, continue with --resume" if args.checkpoint else ""
         print(f"edge-lbp: stopped by {signal_name(exc)} in epoch {trainer.epoch + 1} after batch {trainer.batch}"
-              f"{saved}", file=sys.stderr)
+              f"{_what_was_saved(trainer, args.checkpoint)}", file=sys.stderr)
         return status_of(exc)
     if args.export_onnx:
         print(f"inference model: {export_inference(trainer.session, args.export_onnx)}")
     return ExitStatus.OK
+
+
+def _what_was_saved(trainer, checkpoint) -> str:
+    """A stop inside training saves at the next update; one before it started, or a second signal, does not."""
+    if not checkpoint:
+        return ""
+    if trainer.saved_at == (trainer.epoch, trainer.batch):
+        return f"; saved to {checkpoint}, continue with --resume"
+    if trainer.saved_at is None:
+        return f"; nothing saved in {checkpoint} yet"
+    epoch, batch = trainer.saved_at
+    return f"; {checkpoint} holds epoch {epoch + 1} after batch {batch}, continue from there with --resume"
 
 
 def _device_options():
