@@ -90,6 +90,8 @@ _ELEMENTWISE = {
     "Floor": np.floor,
     "Neg": np.negative,
     "Sqrt": np.sqrt,
+    "Exp": np.exp,
+    "Tanh": np.tanh,
     "Not": np.logical_not,
     "Where": np.where,
 }
