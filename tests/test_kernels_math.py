@@ -210,6 +210,11 @@ def test_unary(op, domain, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+def test_log(shape):
+    compare("Log", [np.abs(_rand(np.random.default_rng(14), *shape, scale=2.0)) + np.float32(0.1)])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("op", ["ReluGrad", "GeluGrad", "TanhGrad"])
 def test_unary_grad(op, shape):
     rng = np.random.default_rng(15)

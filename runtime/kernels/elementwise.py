@@ -91,6 +91,7 @@ _ELEMENTWISE = {
     "Neg": np.negative,
     "Sqrt": np.sqrt,
     "Exp": np.exp,
+    "Log": np.log,
     "Tanh": np.tanh,
     "Not": np.logical_not,
     "Where": np.where,

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edge_lbp.core import ort_names
+from edge_lbp.core import ops, ort_names
 from edge_lbp.core.gradients import registry
 from edge_lbp.core.gradients.forward import constant_values, fuse_gelu, inference_batchnorm, stash_batchnorm
 from edge_lbp.core.gradients.registry import GradientError
@@ -50,6 +50,13 @@ class NodeGradient:
         if shape is None:
             raise self.error(f"shape of {name!r} is unknown")
         return shape
+
+    def elem_type(self, name):
+        """The ONNX element type (``onnx.TensorProto.FLOAT``, ...) of a forward tensor, or raise."""
+        elem = self._builder.types.get(name)
+        if not elem:
+            raise self.error(f"element type of {name!r} is unknown")
+        return elem
 
     def const_value(self, name):
         """The value of a constant input (an initializer or a Constant node's output), or raise."""
@@ -106,6 +113,9 @@ class Builder:
         self.shapes = {vi.name: _shape(vi) for vi in (*inferred.graph.value_info, *inferred.graph.input,
                                                      *inferred.graph.output)}
         self.shapes.update((t.name, tuple(t.dims)) for t in model.graph.initializer)
+        self.types = {vi.name: vi.type.tensor_type.elem_type for vi in (*inferred.graph.value_info,
+                                                                        *inferred.graph.input)}
+        self.types.update((t.name, t.data_type) for t in model.graph.initializer)
         self.values = constant_values(self.forward.graph)
         self.nodes, self.initializers, self._counts = [], [], {}
 
@@ -258,6 +268,8 @@ def build_training_graph(model, trainable, frozen):
     training = helper.make_graph([*graph.node, *b.nodes], "training", inputs, outputs, [*kept, *b.initializers])
     opsets = [o for o in b.forward.opset_import if o.domain not in ("", MS)]
     opsets += [helper.make_opsetid("", _onnx_opset(b.forward)), helper.make_opsetid(MS, 1)]
+    if any(n.domain == ops.DOMAIN for n in b.nodes) and not any(o.domain == ops.DOMAIN for o in opsets):
+        opsets.append(helper.make_opsetid(ops.DOMAIN, ops.OPSET))  # a rule emitted one of ours (ResizeGrad)
     return helper.make_model(training, opset_imports=opsets, ir_version=b.forward.ir_version)
 
 

@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from edge_lbp.core.gradients.registry import no_gradient, rule
+from edge_lbp.core import ops
 from edge_lbp.core.ops import MICROSOFT as MS
 
 
@@ -70,6 +71,12 @@ def slice_(g):
 def gather(g):
     """Scatter-add at the gathered positions (repeated indices add up)."""
     g.set(0, g.emit("GatherGrad", [_shape_of(g), g.x(1), g.dy()], domain=MS, axis=g.attrs.get("axis", 0))[0])
+
+
+@rule("Resize")
+def resize(g):
+    """``edge_lbp::ResizeGrad`` with the forward's scales or sizes and attributes (ORT's ResizeGrad is CUDA-only)."""
+    g.set(0, g.emit(ops.RESIZE_GRAD, [g.dy(), _shape_of(g), *g.node.input[1:]], domain=ops.DOMAIN, **g.attrs)[0])
 
 
 @rule("Expand")
