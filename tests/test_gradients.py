@@ -101,6 +101,11 @@ CASES = {
     **{f"resize_{mode}": (lambda mode=mode: Op(lambda m, x: nn.functional.interpolate(
         x * m.w, size=(6, 5), mode=mode, **({} if mode == "nearest" else {"align_corners": False})).flatten(1),
         w=(2, 4, 1)), (2, 4, 4), 60) for mode in ("bicubic", "bilinear", "nearest")},
+    # Sizes read from the input at run time (as DINOv2's position embeddings): shape inference cannot tell the
+    # resized parameter is broadcast along the batch, nor how many elements the mean divides by.
+    "resize_run_time_shapes": (lambda: Op(lambda m, x: (x + nn.functional.interpolate(
+        m.p, size=x.shape[-2:], mode="bicubic", align_corners=False).mean(dim=-1, keepdim=True)).flatten(1),
+        p=(1, 2, 3, 3)), (2, 4, 5), 40),
     "relu": (lambda: nn.Sequential(nn.Linear(5, 4), nn.ReLU()), (5,), 4),
     "gelu": (lambda: nn.Sequential(nn.Linear(5, 4), nn.GELU()), (5,), 4),
     "softmax": (lambda: nn.Sequential(nn.Linear(5, 4), nn.Softmax(dim=-1)), (5,), 4),

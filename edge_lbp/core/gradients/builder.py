@@ -85,14 +85,17 @@ class NodeGradient:
 
     def reduce_to(self, tensor, full, i):
         """``tensor`` (of broadcast shape ``full``) summed over the axes input ``i`` was broadcast along: its
-        missing leading axes and its static 1s where the result is not 1. A symbolic dimension of the input (the
-        batch; shape inference also invents names it cannot relate) is taken as not broadcast: the axes are
-        decided here, at build time, without ORT's run-time BroadcastGradientArgs, which the engine lacks."""
+        missing leading axes and its static 1s where the result is not 1, decided here at build time. A symbolic
+        dimension of the input that is the result's (the batch) is not broadcast; one that shape inference could
+        not relate to the result's (a size computed at run time, as a Resize's) leaves the axes to run time, as
+        ORT does: ``BroadcastGradientArgs`` on the two shapes, a ReduceSum, a Reshape to the input's shape."""
         target = self.shape(self.x(i))
         lead = len(full) - len(target)
         if lead < 0:
             raise self.error(f"input {i} has more dimensions than the broadcast result")
         padded = (1,) * lead + tuple(target)
+        if any(not isinstance(d, int) and (d is None or d != f) for d, f in zip(padded[lead:], full[lead:])):
+            return self._reduce_at_run_time(tensor, i)
         axes = [a for a in range(lead, len(full)) if padded[a] == 1 and full[a] != 1]
         if lead:
             tensor = self.emit("ReduceSum", [tensor, self.const(f"lead_axes_{i}", list(range(lead)))],
@@ -101,6 +104,12 @@ class NodeGradient:
             tensor = self.emit("ReduceSum", [tensor, self.const(f"axes_{i}", [a - lead for a in axes])],
                                keepdims=1)[0]
         return tensor
+
+    def _reduce_at_run_time(self, tensor, i):
+        shape = self.emit("Shape", [self.x(i)])[0]
+        axes = self.emit("BroadcastGradientArgs", [shape, self.emit("Shape", [tensor])[0]], n_out=2, domain=MS)[0]
+        summed = self.emit("ReduceSum", [tensor, axes], keepdims=1, noop_with_empty_axes=1)[0]
+        return self.emit("Reshape", [summed, shape])[0]
 
 
 class Builder:
