@@ -177,15 +177,31 @@ def test_an_op_without_rule_is_named_in_one_line():
     assert str(err.value) == "no gradient rule for node '/Sin' (op Sin); it cannot be trained through"
 
 
-@pytest.mark.parametrize("preset", ["mlp", "vit-tiny"])
+class DropPath(nn.Module):
+    """Drop-path as timm writes it (a RandomUniformLike draw per sample, compared, scaled) and a dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        keep = (torch.rand_like(x[:, :1]) >= 0.5).to(x.dtype) / 0.5
+        return self.fc2(nn.functional.dropout(x + self.fc1(x) * keep, 0.3, training=True))
+
+
+@pytest.mark.parametrize("preset", ["mlp", "vit-tiny", "drop-path"])
 def test_opt_in_own_gradients_match_ort_training(preset, tmp_path, export_extra):
     """``gradients="own"`` writes our training graph beside ORT's other artifacts: the same inputs and outputs
-    as ORT's training graph for the model, and the same loss and gradients on the engine's executor."""
+    as ORT's training graph for the model, and the same loss and gradients on the engine's executor (which draws
+    the same random numbers for the same forward nodes: random draws carry no gradient, dropout's flows through
+    its mask)."""
     from edge_lbp.export.models import build_model
     from edge_lbp.export.training import generate_training_artifacts
 
     torch.manual_seed(0)
-    module, shape = (Mlp(), (8,)) if preset == "mlp" else (build_model(preset), (3, 32, 32))
+    module, shape = {"mlp": (Mlp, (8,)), "drop-path": (DropPath, (8,))}.get(preset, (lambda: build_model(preset),
+                                                                                   (3, 32, 32)))
+    module = module()
     forward = export_forward(module, shape)
     names = parameter_names(forward)
     trainable, frozen = names[1:], names[:1]

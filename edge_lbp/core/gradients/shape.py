@@ -9,9 +9,10 @@ from edge_lbp.core import ops
 from edge_lbp.core.ops import MICROSOFT as MS
 
 
-# Shape arithmetic, comparisons and constants: their outputs do not depend differentiably on anything.
+# Shape arithmetic, comparisons, constants and random draws (drop-path's RandomUniformLike reads only its input's
+# shape): their outputs do not depend differentiably on anything.
 no_gradient("Shape", "Size", "Constant", "ConstantOfShape", "Equal", "Less", "Greater", "GreaterOrEqual",
-            "LessOrEqual", "Not", "And", "Or", "Range")
+            "LessOrEqual", "Not", "And", "Or", "Range", "RandomUniformLike", "RandomNormalLike", "Bernoulli")
 
 
 def _shape_of(g, i=0):
