@@ -1,7 +1,7 @@
 """DINOv2 and SigLIP's vision tower as users bring them (``hf:PATH``, tiny random configurations), their training
 graphs built by our gradient builder: forward logits, loss and every parameter gradient on the numba engine
 against torch autograd on the same module (ORT-training cannot run DINOv2's graph: its ResizeGrad is CUDA-only),
-training that reduces the loss, and the LBP rewrite finding their linear layers."""
+training that reduces the loss, and the LBP rewrite finding their linear layers; our SigLIP graph on ONNX Runtime."""
 import numpy as np
 import onnx
 import pytest
@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="the export extra is not installed")
 import edge_lbp  # noqa: E402
 from edge_lbp.core import ops  # noqa: E402
 from edge_lbp.methods import export_model  # noqa: E402
-from engine_check import ZERO_GRADIENT  # noqa: E402
+from engine_check import ZERO_GRADIENT, compare_engines, exceeded  # noqa: E402
 
 CLASSES, BATCH, STEPS = 5, 3, 5
 TOWER = dict(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
@@ -92,6 +92,15 @@ def test_lbp_rewrite_applies_to_hf_vision_model(tmp_path, name, export_extra):
     x, y = _batch(shape, seed=1)
     losses = [session.train_step(x, y) for _ in range(STEPS)]
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("lbp", ["none", "lp-tri:4"])
+def test_own_siglip_graph_trains_on_ort_as_on_numba(tmp_path, lbp, export_extra):
+    """Our SigLIP training graph holds only ops ONNX Runtime runs (DINOv2's ResizeGrad is ours): both engines
+    train it alike, as the engine checks of ORT's graphs measure them."""
+    _, _, shape = _export("siglip", tmp_path, lbp)
+    measured = compare_engines(tmp_path / "art", shape, CLASSES)
+    assert not exceeded(measured), measured
 
 
 @pytest.mark.parametrize("name, final_norm", [("dinov2", "dinov2.layernorm."),
