@@ -55,6 +55,8 @@ def test_hf_vision_model_trains_on_numba_as_torch(tmp_path, name, export_extra):
     emitted = {(n.domain, n.op_type) for n in training.graph.node}
     if name == "dinov2":
         assert (ops.DOMAIN, ops.RESIZE_GRAD) in emitted
+        with pytest.raises(ValueError, match=r"Resize_Grad.*\(edge_lbp::ResizeGrad\) runs on the numba engine only"):
+            edge_lbp.load(tmp_path / "art", "ort")
     else:
         assert ("com.microsoft", "TanhGrad") in emitted  # the tanh-form GELU
     session = edge_lbp.load(tmp_path / "art", "numba")
