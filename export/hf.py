@@ -13,12 +13,14 @@ WEIGHTS = "model.safetensors"
 
 def input_shape(config):
     """(C, H, W) from a model's ``config``: the presets' ``in_chans``/``img_size`` or Hugging Face's
-    ``num_channels``/``image_size`` (an int or an (H, W) pair); None when it has neither."""
-    for channels, size in (("in_chans", "img_size"), ("num_channels", "image_size")):
-        if hasattr(config, channels) and hasattr(config, size):
-            side = getattr(config, size)
-            height, width = (side, side) if isinstance(side, int) else tuple(side)
-            return int(getattr(config, channels)), int(height), int(width)
+    ``num_channels``/``image_size`` (an int or an (H, W) pair), its own or its ``vision_config``'s (SigLIP's
+    classifier keeps them there); None when it has neither."""
+    for source in (config, getattr(config, "vision_config", None)):
+        for channels, size in (("in_chans", "img_size"), ("num_channels", "image_size")):
+            if hasattr(source, channels) and hasattr(source, size):
+                side = getattr(source, size)
+                height, width = (side, side) if isinstance(side, int) else tuple(side)
+                return int(getattr(source, channels)), int(height), int(width)
     return None
 
 

@@ -11,10 +11,18 @@ from typing import Dict, Mapping
 
 import numpy as np
 
-from edge_lbp.core import ort_names
+from edge_lbp.core import ops, ort_names
 from edge_lbp.core.bases import is_adaptive
 from edge_lbp.core.artifact import Artifact
 from edge_lbp.runtime.session import Capabilities, Inputs, Optimizer, Session, TrainingState
+
+
+def _numba_only_node(model):
+    """The first node of our own domain that has no ONNX function body in ``model`` (the WHT ops have one;
+    ResizeGrad, which our gradient builder emits for DINOv2's Resize, has none), or None."""
+    bodies = {(f.domain, f.name) for f in model.functions}
+    return next((n for n in model.graph.node if n.domain == ops.DOMAIN and (n.domain, n.op_type) not in bodies),
+                None)
 
 
 class OrtState(TrainingState):
@@ -71,6 +79,10 @@ class OrtSession(Session):
         if adaptive:  # the function bodies hold the starting bases as constants: ORT would never re-select
             raise ValueError(f"{artifact.folder}: {adaptive[0]} (and {len(adaptive) - 1} more) use energy:r bases, "
                              "which only the numba engine re-selects while training; use the numba engine")
+        foreign = _numba_only_node(artifact.graph("training"))
+        if foreign is not None:
+            raise ValueError(f"{artifact.folder}: node {foreign.name!r} ({foreign.domain}::{foreign.op_type}) runs on "
+                             "the numba engine only (ONNX Runtime has no CPU kernel for it); use the numba engine")
         if "ort_checkpoint" not in manifest:
             raise ValueError(f"{artifact.folder}: this artifact has no ORT checkpoint; use the numba engine")
         checkpoint = api.CheckpointState.load_checkpoint(str(artifact.path(manifest["ort_checkpoint"])))

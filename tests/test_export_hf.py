@@ -18,10 +18,22 @@ VIT = dict(image_size=SIDE, patch_size=4, hidden_size=32, num_hidden_layers=2, n
            intermediate_size=64, num_labels=CLASSES)
 SWIN = dict(image_size=SIDE, patch_size=2, embed_dim=16, depths=[2, 1], num_heads=[1, 2], window_size=4,
             num_labels=CLASSES, drop_path_rate=0.0)
+SIGLIP = dict(image_size=SIDE, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=64, num_labels=CLASSES)
+
+
+def _siglip_config(num_labels, attn_implementation, **vision):
+    """SigLIP's classifier keeps the vision tower's settings in its ``vision_config``."""
+    return transformers.SiglipConfig(vision_config=vision, num_labels=num_labels,
+                                     attn_implementation=attn_implementation)
+
+
 MODELS = {
     "vit": (transformers.ViTConfig, transformers.ViTForImageClassification, VIT),
     "deit-distilled": (transformers.DeiTConfig, transformers.DeiTForImageClassificationWithTeacher, VIT),
     "swin": (transformers.SwinConfig, transformers.SwinForImageClassification, SWIN),
+    # The tanh-form GELU (Tanh, TanhGrad), mean pooling over the patch tokens (DINOv2: test_export_hf_vision.py)
+    "siglip": (_siglip_config, transformers.SiglipForImageClassification, SIGLIP),
 }
 # The token geometry each model's rewritten layers must get: (grid, extra tokens) -> layer count.
 GEOMETRY = {
@@ -30,6 +42,7 @@ GEOMETRY = {
     # q, k, v, o of the 3 blocks on 4x4 attention windows; the MLPs on their stage's grid (2 blocks on 16x16,
     # 1 on 8x8); the patch merging's reduction on the merged 8x8 grid.
     "swin": {((4, 4), 0): 12, ((16, 16), 0): 4, ((8, 8), 0): 3},
+    "siglip": {((8, 8), 0): 12},  # no CLS token
 }
 
 

@@ -91,6 +91,21 @@ CASES = {
     "add_sub": (lambda: Op(lambda m, x: (x + m.b) - m.c * x, b=(5,), c=(1, 5)), (5,), 5),
     "mul": (lambda: Op(lambda m, x: x * m.w * m.v, w=(5,), v=(1, 1)), (5,), 5),
     "div": (lambda: Op(lambda m, x: x / m.pos + m.w / m.pos, pos=(5,), w=(5,)), (5,), 5),
+    "pow": (lambda: Op(lambda m, x: (x * m.w) ** 2 + m.pos ** (x * m.v), w=(5,), v=(5,), pos=(5,)), (5,), 5),
+    "sqrt_exp_erf": (lambda: Op(lambda m, x: torch.sqrt(x * x * m.pos + 1) + torch.exp(x * m.w) + torch.erf(x * m.v),
+                                pos=(5,), w=(5,), v=(5,)), (5,), 5),
+    "tanh": (lambda: nn.Sequential(nn.Linear(5, 4), nn.Tanh()), (5,), 4),
+    "gelu_tanh": (lambda: nn.Sequential(nn.Linear(5, 4), nn.GELU(approximate="tanh")), (5,), 4),
+    "cast": (lambda: Op(lambda m, x: (x.double() * m.w.double()).float(), w=(5,)), (5,), 5),
+    "dropout_none": (lambda: Op(lambda m, x: nn.functional.dropout(x * m.w, 0.0, training=True), w=(5,)), (5,), 5),
+    **{f"resize_{mode}": (lambda mode=mode: Op(lambda m, x: nn.functional.interpolate(
+        x * m.w, size=(6, 5), mode=mode, **({} if mode == "nearest" else {"align_corners": False})).flatten(1),
+        w=(2, 4, 1)), (2, 4, 4), 60) for mode in ("bicubic", "bilinear", "nearest")},
+    # Sizes read from the input at run time (as DINOv2's position embeddings): shape inference cannot tell the
+    # resized parameter is broadcast along the batch, nor how many elements the mean divides by.
+    "resize_run_time_shapes": (lambda: Op(lambda m, x: (x + nn.functional.interpolate(
+        m.p, size=x.shape[-2:], mode="bicubic", align_corners=False).mean(dim=-1, keepdim=True)).flatten(1),
+        p=(1, 2, 3, 3)), (2, 4, 5), 40),
     "relu": (lambda: nn.Sequential(nn.Linear(5, 4), nn.ReLU()), (5,), 4),
     "gelu": (lambda: nn.Sequential(nn.Linear(5, 4), nn.GELU()), (5,), 4),
     "softmax": (lambda: nn.Sequential(nn.Linear(5, 4), nn.Softmax(dim=-1)), (5,), 4),
@@ -156,21 +171,37 @@ def test_tiny_presets_match_torch(preset):
 
 
 def test_an_op_without_rule_is_named_in_one_line():
-    forward = export_forward(Op(lambda m, x: torch.tanh(x * m.w), w=(4,)), (4,))
+    forward = export_forward(Op(lambda m, x: torch.sin(x * m.w), w=(4,)), (4,))
     with pytest.raises(GradientError) as err:
         build_training_graph(forward, ["w"], [])
-    assert str(err.value) == "no gradient rule for node '/Tanh' (op Tanh); it cannot be trained through"
+    assert str(err.value) == "no gradient rule for node '/Sin' (op Sin); it cannot be trained through"
 
 
-@pytest.mark.parametrize("preset", ["mlp", "vit-tiny"])
+class DropPath(nn.Module):
+    """Drop-path as timm writes it (a RandomUniformLike draw per sample, compared, scaled) and a dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        keep = (torch.rand_like(x[:, :1]) >= 0.5).to(x.dtype) / 0.5
+        return self.fc2(nn.functional.dropout(x + self.fc1(x) * keep, 0.3, training=True))
+
+
+@pytest.mark.parametrize("preset", ["mlp", "vit-tiny", "drop-path"])
 def test_opt_in_own_gradients_match_ort_training(preset, tmp_path, export_extra):
     """``gradients="own"`` writes our training graph beside ORT's other artifacts: the same inputs and outputs
-    as ORT's training graph for the model, and the same loss and gradients on the engine's executor."""
+    as ORT's training graph for the model, and the same loss and gradients on the engine's executor (which draws
+    the same random numbers for the same forward nodes: random draws carry no gradient, dropout's flows through
+    its mask)."""
     from edge_lbp.export.models import build_model
     from edge_lbp.export.training import generate_training_artifacts
 
     torch.manual_seed(0)
-    module, shape = (Mlp(), (8,)) if preset == "mlp" else (build_model(preset), (3, 32, 32))
+    module, shape = {"mlp": (Mlp, (8,)), "drop-path": (DropPath, (8,))}.get(preset, (lambda: build_model(preset),
+                                                                                   (3, 32, 32)))
+    module = module()
     forward = export_forward(module, shape)
     names = parameter_names(forward)
     trainable, frozen = names[1:], names[:1]

@@ -1,9 +1,10 @@
-"""The math kernels (linear, norm, activation, loss) against ONNX Runtime running the same single node."""
+"""The math kernels (linear, norm, activation, loss, unary element-wise) against ONNX Runtime running the same single node."""
 import numpy as np
 import pytest
 from onnx import helper
 
 import edge_lbp.runtime.kernels.activation  # noqa: F401  (registers the kernels)
+import edge_lbp.runtime.kernels.elementwise  # noqa: F401
 import edge_lbp.runtime.kernels.linear  # noqa: F401
 import edge_lbp.runtime.kernels.loss  # noqa: F401
 import edge_lbp.runtime.kernels.norm  # noqa: F401
@@ -203,13 +204,18 @@ SHAPES = [(3, 5, 16), (2, 4, 3, 3), (7,)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("op, domain", [("Relu", ""), ("Erf", ""), ("Gelu", MS)])
+@pytest.mark.parametrize("op, domain", [("Relu", ""), ("Erf", ""), ("Gelu", MS), ("Tanh", ""), ("Exp", "")])
 def test_unary(op, domain, shape):
     compare(op, [_rand(np.random.default_rng(14), *shape, scale=2.0)], domain=domain)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("op", ["ReluGrad", "GeluGrad"])
+def test_log(shape):
+    compare("Log", [np.abs(_rand(np.random.default_rng(14), *shape, scale=2.0)) + np.float32(0.1)])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("op", ["ReluGrad", "GeluGrad", "TanhGrad"])
 def test_unary_grad(op, shape):
     rng = np.random.default_rng(15)
     compare(op, [_rand(rng, *shape), _rand(rng, *shape, scale=2.0)], domain=MS)

@@ -183,6 +183,9 @@ SHAPE = [
     (node("ConstantOfShape", 1, value=numpy_helper.from_array(i64(1))), [i64(4)], 17),
     (node("ConstantOfShape", 1, value=numpy_helper.from_array(np.array([2.5], np.float32))),
      [np.zeros(0, np.int64)], 17),
+    *[(node("BroadcastGradientArgs", 2, 2, domain=MS), [i64(*a), i64(*b)], 17)
+      for a, b in [((1, 5, 1, 4), (3, 5, 2, 4)), ((4,), (2, 3, 4)), ((2, 1, 4), (1, 3, 1)), ((3,), (3,)),
+                   ((1, 1), (2, 3)), ((2, 3), (1,))]],
     (node("ReduceSum", 2, keepdims=0), [X, i64(1, 0)], 17),
     (node("ReduceSum", 2, keepdims=1), [X, i64(-1, 1)], 17),
     (node("ReduceSum", 1, keepdims=0), [X], 17),

@@ -9,6 +9,8 @@ The exporter writes these nodes and the device engine reads them, so this contra
   ``y = MatMul(a, b)`` with ``a: (B, N, Ci)`` and ``b: (Ci, Co)`` (the orientation ONNX ``MatMul`` uses).
 * ``WHTConvGrad(x_hat, dy, w, grad_projection, reconstruction) -> (dx, dw, db)``: the backward of a 1x1
   ``Conv`` with ``w: (Co, Ci, 1, 1)`` on ``(B, C, H, W)``; ``db`` is the bias gradient.
+* ``ResizeGrad(dy, x_shape, roi, scales, sizes) -> dx``: the gradient of ``Resize(x, roi, scales, sizes)`` with the
+  forward's attributes (ORT's ``com.microsoft::ResizeGrad`` has a CUDA kernel only); the gradient builder emits it.
 
 Geometry and selection are node attributes. The matrix inputs (``projection``, ``grad_projection``,
 ``reconstruction``) are the same operators as dense ``(rows, N)`` / ``(N, rows)`` constants, so that the
@@ -35,6 +37,7 @@ PROJECT_MAP = "WHTProjectMap"
 MATMUL_GRAD = "WHTMatMulGrad"
 CONV_GRAD = "WHTConvGrad"
 GRAD_OPS = (MATMUL_GRAD, CONV_GRAD)
+RESIZE_GRAD = "ResizeGrad"
 # Not in artifacts: the device's load-time pass (runtime.passes.accumulate_in_place) fuses the op that computes a
 # weight gradient with the InPlaceAccumulatorV2 that adds it to its buffer, so BLAS writes the gradient into the
 # buffer: a Gemm, or a WHTMatMulGrad whose weight gradient is transposed into the weight's orientation.

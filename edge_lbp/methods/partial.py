@@ -5,7 +5,7 @@ Parameters are found by name (torch ``state_dict`` names survive the export as i
 timm name blocks ``blocks.<i>.`` (timm's Swin ``layers.<s>.blocks.<b>.``), heads ``head.``/``head_dist.`` and the
 final norm ``norm.``/``fc_norm.``; Hugging Face ``<model>.layers.<i>.`` (older releases ``encoder.layer.<i>.``,
 Swin ``encoder.layers.<s>.blocks.<b>.``), ``classifier.`` (DeiT: ``cls_classifier.``,
-``distillation_classifier.``) and ``<model>.layernorm.``.
+``distillation_classifier.``) and ``<model>.layernorm.`` (SigLIP: ``<model>.post_layernorm.``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from edge_lbp.methods.base import Method, choose
 
 _BLOCK_INDEX = re.compile(r"(?:^|\.)(?:blocks|layers|layer)\.(\d+)(?=\.)")
 HEAD_PREFIXES = ("head.", "head_dist.", "classifier.", "cls_classifier.", "distillation_classifier.")
-_FINAL_NORM = re.compile(r"(?:norm|fc_norm|[A-Za-z_]+\.layernorm)\.")
+_FINAL_NORM = re.compile(r"(?:norm|fc_norm|[A-Za-z_]\w*\.(?:post_)?layernorm)\.")
 _NORM_OPS = ("LayerNormalization", "BatchNormalization")
 _LAST = re.compile(r"last:([1-9]\d*)")
 

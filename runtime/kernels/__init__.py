@@ -7,6 +7,7 @@ from edge_lbp.runtime.kernels import (  # noqa: F401
     loss,
     norm,
     optimizer,
+    resize,
     shape,
     stochastic,
 )

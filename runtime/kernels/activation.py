@@ -1,4 +1,4 @@
-"""Softmax, ReLU, Erf and GELU kernels (forward and backward).
+"""Softmax, ReLU, Erf and GELU kernels (forward and backward), and the gradient of Tanh.
 
 Row-wise and element-wise work runs in fused Numba kernels, parallel over rows. GELU is the exact erf form that
 ORT's Gelu, BiasGelu, GeluGrad and BiasGeluGrad_dX compute; the bias of the Bias* ops runs along the last axis.
@@ -228,6 +228,12 @@ def relu(attrs, node):
 def relu_grad(attrs, node):
     # The second input is Relu's input or output (the gradient builder passes the output): same sign either way.
     return lambda dy, x: (np.where(x > ZERO, dy, ZERO),)
+
+
+@register("TanhGrad", MS)
+def tanh_grad(attrs, node):
+    # ORT's input order: (dY, Y), the forward's output.
+    return lambda dy, y: (np.asarray(dy * (ONE - y * y)),)
 
 
 @register("Erf")

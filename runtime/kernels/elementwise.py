@@ -90,6 +90,9 @@ _ELEMENTWISE = {
     "Floor": np.floor,
     "Neg": np.negative,
     "Sqrt": np.sqrt,
+    "Exp": np.exp,
+    "Log": np.log,
+    "Tanh": np.tanh,
     "Not": np.logical_not,
     "Where": np.where,
 }

@@ -305,5 +305,30 @@ def global_average_pool(attrs, node):
     return lambda x: (np.asarray(x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=x.dtype)),)
 
 
+@register("BroadcastGradientArgs", MS)
+def broadcast_gradient_args(attrs, node):
+    """(A's shape, B's shape) -> the axes of their broadcast along which A, and B, were broadcast (a missing
+    leading axis or a 1 against more), last axis first as ORT lists them: what a gradient is summed over."""
+
+    def run(a, b):
+        a, b = _ints(a), _ints(b)
+        rank = max(len(a), len(b))
+        a_axes, b_axes = [], []
+        for i in reversed(range(rank)):
+            da = a[i - rank + len(a)] if i >= rank - len(a) else None
+            db = b[i - rank + len(b)] if i >= rank - len(b) else None
+            if da == db:
+                continue
+            if da is None or (da == 1 and db is not None):
+                a_axes.append(i)
+            elif db is None or db == 1:
+                b_axes.append(i)
+            else:
+                raise ValueError(f"{node.name}: shapes {a} and {b} do not broadcast")
+        return np.array(a_axes, _INT64), np.array(b_axes, _INT64)
+
+    return run
+
+
 register("ReduceSum")(_reduction(np.sum))
 register("ReduceMean")(_reduction(np.mean))

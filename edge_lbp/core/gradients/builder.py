@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edge_lbp.core import ort_names
+from edge_lbp.core import ops, ort_names
 from edge_lbp.core.gradients import registry
 from edge_lbp.core.gradients.forward import constant_values, fuse_gelu, inference_batchnorm, stash_batchnorm
 from edge_lbp.core.gradients.registry import GradientError
@@ -51,6 +51,13 @@ class NodeGradient:
             raise self.error(f"shape of {name!r} is unknown")
         return shape
 
+    def elem_type(self, name):
+        """The ONNX element type (``onnx.TensorProto.FLOAT``, ...) of a forward tensor, or raise."""
+        elem = self._builder.types.get(name)
+        if not elem:
+            raise self.error(f"element type of {name!r} is unknown")
+        return elem
+
     def const_value(self, name):
         """The value of a constant input (an initializer or a Constant node's output), or raise."""
         value = self._builder.values.get(name)
@@ -78,14 +85,17 @@ class NodeGradient:
 
     def reduce_to(self, tensor, full, i):
         """``tensor`` (of broadcast shape ``full``) summed over the axes input ``i`` was broadcast along: its
-        missing leading axes and its static 1s where the result is not 1. A symbolic dimension of the input (the
-        batch; shape inference also invents names it cannot relate) is taken as not broadcast: the axes are
-        decided here, at build time, without ORT's run-time BroadcastGradientArgs, which the engine lacks."""
+        missing leading axes and its static 1s where the result is not 1, decided here at build time. A symbolic
+        dimension of the input that is the result's (the batch) is not broadcast; one that shape inference could
+        not relate to the result's (a size computed at run time, as a Resize's) leaves the axes to run time, as
+        ORT does: ``BroadcastGradientArgs`` on the two shapes, a ReduceSum, a Reshape to the input's shape."""
         target = self.shape(self.x(i))
         lead = len(full) - len(target)
         if lead < 0:
             raise self.error(f"input {i} has more dimensions than the broadcast result")
         padded = (1,) * lead + tuple(target)
+        if any(not isinstance(d, int) and (d is None or d != f) for d, f in zip(padded[lead:], full[lead:])):
+            return self._reduce_at_run_time(tensor, i)
         axes = [a for a in range(lead, len(full)) if padded[a] == 1 and full[a] != 1]
         if lead:
             tensor = self.emit("ReduceSum", [tensor, self.const(f"lead_axes_{i}", list(range(lead)))],
@@ -94,6 +104,12 @@ class NodeGradient:
             tensor = self.emit("ReduceSum", [tensor, self.const(f"axes_{i}", [a - lead for a in axes])],
                                keepdims=1)[0]
         return tensor
+
+    def _reduce_at_run_time(self, tensor, i):
+        shape = self.emit("Shape", [self.x(i)])[0]
+        axes = self.emit("BroadcastGradientArgs", [shape, self.emit("Shape", [tensor])[0]], n_out=2, domain=MS)[0]
+        summed = self.emit("ReduceSum", [tensor, axes], keepdims=1, noop_with_empty_axes=1)[0]
+        return self.emit("Reshape", [summed, shape])[0]
 
 
 class Builder:
@@ -106,6 +122,9 @@ class Builder:
         self.shapes = {vi.name: _shape(vi) for vi in (*inferred.graph.value_info, *inferred.graph.input,
                                                      *inferred.graph.output)}
         self.shapes.update((t.name, tuple(t.dims)) for t in model.graph.initializer)
+        self.types = {vi.name: vi.type.tensor_type.elem_type for vi in (*inferred.graph.value_info,
+                                                                        *inferred.graph.input)}
+        self.types.update((t.name, t.data_type) for t in model.graph.initializer)
         self.values = constant_values(self.forward.graph)
         self.nodes, self.initializers, self._counts = [], [], {}
 
@@ -258,6 +277,8 @@ def build_training_graph(model, trainable, frozen):
     training = helper.make_graph([*graph.node, *b.nodes], "training", inputs, outputs, [*kept, *b.initializers])
     opsets = [o for o in b.forward.opset_import if o.domain not in ("", MS)]
     opsets += [helper.make_opsetid("", _onnx_opset(b.forward)), helper.make_opsetid(MS, 1)]
+    if any(n.domain == ops.DOMAIN for n in b.nodes) and not any(o.domain == ops.DOMAIN for o in opsets):
+        opsets.append(helper.make_opsetid(ops.DOMAIN, ops.OPSET))  # a rule emitted one of ours (ResizeGrad)
     return helper.make_model(training, opset_imports=opsets, ir_version=b.forward.ir_version)
 
 

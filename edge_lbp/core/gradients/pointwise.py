@@ -1,8 +1,12 @@
 """Gradient rules of the element-wise ops, the activations and the normalisations.
 
+A unary op's derivative is written from its output where that is cheaper (Tanh, Sqrt, Exp), as ORT writes it.
+
 A binary op broadcasts its inputs to the output's shape; each input's gradient is summed back over the axes it
 was broadcast along (``NodeGradient.reduce_to``).
 """
+import math
+
 from edge_lbp.core.gradients.registry import rule
 from edge_lbp.core.ops import MICROSOFT as MS
 
@@ -36,6 +40,61 @@ def div(g):
     quotient = g.emit("Div", [g.dy(), g.x(1)])[0]
     _binary(g, (lambda: quotient,
                 lambda: g.emit("Neg", [g.emit("Mul", [quotient, g.y()])[0]])[0]))
+
+
+@rule("Pow", inputs=(0, 1))
+def pow_(g):
+    """``Y = A^B``: ``dA = dY B A^(B-1)`` (B cast to A's type: ONNX lets an exponent be an integer), ``dB = dY Y
+    ln A``."""
+    def base():
+        exponent = g.emit("Cast", [g.x(1)], to=g.elem_type(g.x(0)))[0]
+        lower = g.emit("Pow", [g.x(0), g.emit("Sub", [exponent, g.const("one", 1.0, "float32")])[0]])[0]
+        return g.emit("Mul", [g.dy(), g.emit("Mul", [exponent, lower])[0]])[0]
+
+    def power():
+        return g.emit("Mul", [g.emit("Mul", [g.dy(), g.y()])[0], g.emit("Log", [g.x(0)])[0]])[0]
+
+    _binary(g, (base, power))
+
+
+@rule("Sqrt")
+def sqrt(g):
+    """``dX = dY / (2 Y)``."""
+    g.set(0, g.emit("Mul", [g.emit("Div", [g.dy(), g.y()])[0], g.const("half", 0.5, "float32")])[0])
+
+
+@rule("Exp")
+def exp(g):
+    g.set(0, g.emit("Mul", [g.dy(), g.y()])[0])
+
+
+@rule("Erf")
+def erf(g):
+    """``dX = dY 2/sqrt(pi) exp(-X^2)`` (an erf-form GELU never gets here: ``forward.fuse_gelu``)."""
+    gauss = g.emit("Exp", [g.emit("Neg", [g.emit("Mul", [g.x(0), g.x(0)])[0]])[0]])[0]
+    slope = g.emit("Mul", [gauss, g.const("two_over_sqrt_pi", 2 / math.sqrt(math.pi), "float32")])[0]
+    g.set(0, g.emit("Mul", [g.dy(), slope])[0])
+
+
+@rule("Tanh")
+def tanh(g):
+    g.set(0, g.emit("TanhGrad", [g.dy(), g.y()], domain=MS)[0])
+
+
+@rule("Cast")
+def cast(g):
+    """The gradient cast back to the input's type (only a float input carries one)."""
+    g.set(0, g.emit("Cast", [g.dy()], to=g.elem_type(g.x(0)))[0])
+
+
+@rule("Dropout")
+def dropout(g):
+    """``DropoutGrad(dY, mask, ratio, training_mode)``; a Dropout without a mask output is the identity
+    (``onnx_export.train_mode_dropout`` gives every training-mode Dropout its mask)."""
+    if len(g.node.output) < 2 or not g.node.output[1]:
+        g.set(0, g.dy())
+        return
+    g.set(0, g.emit("DropoutGrad", [g.dy(), g.y(1), *g.node.input[1:3]], domain=MS)[0])
 
 
 @rule("Neg")

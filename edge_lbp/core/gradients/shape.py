@@ -2,14 +2,17 @@
 import math
 
 import numpy as np
+import onnx
 
 from edge_lbp.core.gradients.registry import no_gradient, rule
+from edge_lbp.core import ops
 from edge_lbp.core.ops import MICROSOFT as MS
 
 
-# Shape arithmetic, comparisons and constants: their outputs do not depend differentiably on anything.
+# Shape arithmetic, comparisons, constants and random draws (drop-path's RandomUniformLike reads only its input's
+# shape): their outputs do not depend differentiably on anything.
 no_gradient("Shape", "Size", "Constant", "ConstantOfShape", "Equal", "Less", "Greater", "GreaterOrEqual",
-            "LessOrEqual", "Not", "And", "Or", "Range")
+            "LessOrEqual", "Not", "And", "Or", "Range", "RandomUniformLike", "RandomNormalLike", "Bernoulli")
 
 
 def _shape_of(g, i=0):
@@ -29,13 +32,6 @@ def reshape(g):
 def transpose(g):
     perm = g.attrs.get("perm") or list(range(len(g.shape(g.x(0))) - 1, -1, -1))
     g.set(0, g.emit("Transpose", [g.dy()], perm=[int(p) for p in np.argsort(perm)])[0])
-
-
-def _static(g, name, axis):
-    dim = g.shape(name)[axis]
-    if not isinstance(dim, int):
-        raise g.error(f"the size of {name!r} along axis {axis} is not static")
-    return dim
 
 
 @rule("Concat", inputs=None)
@@ -72,6 +68,12 @@ def gather(g):
     g.set(0, g.emit("GatherGrad", [_shape_of(g), g.x(1), g.dy()], domain=MS, axis=g.attrs.get("axis", 0))[0])
 
 
+@rule("Resize")
+def resize(g):
+    """``edge_lbp::ResizeGrad`` with the forward's scales or sizes and attributes (ORT's ResizeGrad is CUDA-only)."""
+    g.set(0, g.emit(ops.RESIZE_GRAD, [g.dy(), _shape_of(g), *g.node.input[1:]], domain=ops.DOMAIN, **g.attrs)[0])
+
+
 @rule("Expand")
 def expand(g):
     g.set(0, g.reduce_to(g.dy(), g.shape(g.y()), 0))
@@ -106,6 +108,12 @@ def reduce_sum(g):
 
 @rule("ReduceMean")
 def reduce_mean(g):
+    """The count is a constant where the reduced sizes are static, else ``Size(X) / Size(Y)`` at run time."""
     axes = _reduced_axes(g)
-    count = math.prod(_static(g, g.x(0), a) for a in axes)
-    g.set(0, g.emit("Div", [_spread(g, axes), g.const("count", float(count), "float32")])[0])
+    sizes = [g.shape(g.x(0))[a] for a in axes]
+    if all(isinstance(d, int) for d in sizes):
+        count = g.const("count", float(math.prod(sizes)), "float32")
+    else:
+        ratio = g.emit("Div", [g.emit("Size", [g.x(0)])[0], g.emit("Size", [g.y()])[0]])[0]
+        count = g.emit("Cast", [ratio], to=onnx.TensorProto.FLOAT)[0]
+    g.set(0, g.emit("Div", [_spread(g, axes), count])[0])
