@@ -364,10 +364,27 @@ class Trainer:
                                   "files differ); resume with the artifact it was saved from")
 
     def load_parameters(self, checkpoint_dir) -> dict:
-        """Only the checkpoint's parameters, e.g. to evaluate it (any engine); returns its metadata."""
+        """Only the checkpoint's parameters and class names, e.g. to evaluate it (any engine); returns its
+        metadata."""
         tensors, meta = load_checkpoint(checkpoint_dir)
+        self._check_same_artifact(checkpoint_dir, meta, tensors)
         self._load_parameters(checkpoint_dir, tensors)
+        self.classes = meta.get("classes")
         return meta
+
+    def predict(self, images, **options) -> list:
+        """Top-k class names with probabilities for ``images`` (paths, folders, arrays): ``Predictor.predict``'s
+        options, the classes named as the training data named them."""
+        from edge_lbp.predict import Predictor
+
+        return Predictor(self.session, self.classes).predict(images, **options)
+
+    def export_inference(self, path, *, preprocess: bool = False) -> Path:
+        """Write the adapted model as a plain ONNX inference graph naming the training data's classes
+        (``edge_lbp.methods.export_inference``; ``preprocess``: it takes uint8 NHWC images)."""
+        from edge_lbp.methods import export_inference
+
+        return export_inference(self.session, path, classes=self.classes, preprocess=preprocess)
 
     def _load_parameters(self, checkpoint_dir, tensors) -> None:
         names = self.session.state.trained
