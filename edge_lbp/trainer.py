@@ -373,15 +373,13 @@ class Trainer:
         return meta
 
     def predict(self, images, **options) -> list:
-        """Top-k class names with probabilities for ``images`` (paths, folders, arrays): ``Predictor.predict``'s
-        options, the classes named as the training data named them."""
+        """``Predictor.predict`` with this trainer's parameters and class names."""
         from edge_lbp.predict import Predictor
 
         return Predictor(self.session, self.classes).predict(images, **options)
 
     def export_inference(self, path, *, preprocess: bool = False) -> Path:
-        """Write the adapted model as a plain ONNX inference graph naming the training data's classes
-        (``edge_lbp.methods.export_inference``; ``preprocess``: it takes uint8 NHWC images)."""
+        """``edge_lbp.methods.export_inference`` of this trainer's session, naming its classes."""
         from edge_lbp.methods import export_inference
 
         return export_inference(self.session, path, classes=self.classes, preprocess=preprocess)

@@ -204,3 +204,43 @@ def test_every_metadata_key_is_documented():
     """docs/deploy.md's table of keys is KEYS, key for key (the page cannot fall behind the code)."""
     documented = re.findall(r"^\| `(edge_lbp\.[a-z_]+)` \|", DOCS.read_text(), re.M)
     assert documented == list(KEYS)
+
+
+@pytest.mark.slow
+def test_the_issues_scenario_on_real_images(tmp_path, export_extra, capsys):
+    """Issue 26 as a user met it: the bundled backbone exported for CIFAR-100's first 10 classes, trained on their
+    image folder, then the exported model in ONNX Runtime fed from its metadata alone (ImageOps.fit, uint8 pixels)
+    against `edge-lbp eval` and `edge-lbp predict` on the 308 validation images."""
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100_10cls"
+    if not folder.is_dir():
+        pytest.skip(f"the shared data folder {folder} is not on this machine")
+    from edge_lbp.export.models import load_pretrained
+    from edge_lbp.methods import export_model
+
+    artifact, ckpt, adapted = tmp_path / "artifact", tmp_path / "ckpt", tmp_path / "adapted.onnx"
+    export_model(load_pretrained("vit-c10", num_classes=10), artifact, lr=1e-3)
+    assert main(["train", str(artifact), "--data", str(folder), "--epochs", "2", "--checkpoint", str(ckpt),
+                 "--export-onnx", str(adapted), "--onnx-preprocessing"]) == 0
+    assert main(["eval", str(artifact), "--data", str(folder), "--checkpoint", str(ckpt)]) == 0
+    evaluated = float(re.search(r"accuracy (\S+)", capsys.readouterr().out).group(1))
+    assert main(["predict", str(ckpt), str(folder / "val"), "--json", "--top", "1"]) == 0
+    device = {r["image"]: r["top"][0]["class"] for r in json.loads(capsys.readouterr().out)}
+
+    ort = _ort()
+    from PIL import ImageOps
+
+    session = ort.InferenceSession(str(adapted), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    height, width = json.loads(meta["edge_lbp.input_size"])
+    names = json.loads(meta["edge_lbp.classes"])
+    files = sorted(str(f) for f in (folder / "val").rglob("*.png"))
+    pixels = np.stack([np.asarray(ImageOps.fit(Image.open(f).convert(meta["edge_lbp.color"]), (width, height),
+                                               Image.Resampling.BILINEAR)) for f in files])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: pixels})
+    elsewhere = {f: names[i] for f, i in zip(files, logits.argmax(axis=1))}
+    accuracy = {k: np.mean([labels[f] == Path(f).parent.name for f in files])
+                for k, labels in (("device", device), ("elsewhere", elsewhere))}
+    print(f"eval {evaluated:.4f}, predict {accuracy['device']:.4f}, ONNX Runtime {accuracy['elsewhere']:.4f}")
+    assert sorted(device) == files and f"{accuracy['device']:.4f}" == f"{evaluated:.4f}"
+    assert sum(device[f] != elsewhere[f] for f in files) <= 1  # a near-tie may round either way
+    assert evaluated > 0.2  # adapted (10 classes: chance is 0.1)
