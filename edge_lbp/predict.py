@@ -80,8 +80,8 @@ class Predictor:
         return exp / exp.sum(axis=1, keepdims=True)
 
     def predict(self, images, *, top_k: int = 3, batch_size: int = 32, progress=False) -> List[Prediction]:
-        """One :class:`Prediction` per image, in order. ``images``: a path, an array or a Pillow image, or a list
-        of them; a folder stands for the image files under it (sorted, sub-folders too; one it cannot decode is
+        """One :class:`Prediction` per image, in order. ``images``: a path, an array or a Pillow image, a list
+        of them, or a uint8 (N, H, W, C) array; a folder stands for the image files under it (sorted, sub-folders too; one it cannot decode is
         skipped with a warning line naming it), a file named on its own that cannot be decoded raises one line;
         an array is uint8 (H, W) or (H, W, C), of any size (resized as a file would be). ``progress``: a bar on
         stderr when it is a terminal; ``"always"`` forces it."""
@@ -116,8 +116,8 @@ class Predictor:
 
 def _expand(images) -> list:
     """``(name, image, in_folder)`` for every image ``images`` stands for (see ``Predictor.predict``)."""
-    if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
-        images = [images]
+    if not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
+        images = [images]  # one path, array or Pillow image
     items = []
     for index, item in enumerate(images):
         if not isinstance(item, (str, Path)):  # an array or a Pillow image

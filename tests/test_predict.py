@@ -154,8 +154,12 @@ def test_arrays_are_classified_as_their_files_are(trained, tmp_path):
     from_files = predictor.predict(files, top_k=4)
     from_arrays = predictor.predict([np.asarray(Image.open(f)) for f in files], top_k=4, batch_size=2)
     assert [p.image for p in from_arrays] == [f"#{i}" for i in range(len(files))]
-    for mine, theirs in zip(from_arrays, from_files):  # another batch size: BLAS may sum in another order
+    from_batch = predictor.predict(np.stack([np.asarray(Image.open(f)) for f in files]), top_k=4)  # (N, H, W, C)
+    one = predictor.predict(Image.open(files[0]), top_k=4)  # a Pillow image on its own
+    assert len(from_batch) == len(files) and len(one) == 1
+    for mine, theirs in zip([*from_arrays, *from_batch, *one], [*from_files, *from_files, from_files[0]]):
         assert [name for name, _ in mine.top] == [name for name, _ in theirs.top]
+        # another batch size: BLAS may sum in another order
         np.testing.assert_allclose([p for _, p in mine.top], [p for _, p in theirs.top], rtol=1e-5)
 
 
