@@ -5,14 +5,14 @@ additionally needs torch and onnxruntime-training, imported lazily where they ar
 
 ``edge_lbp.export_model(model, out_dir, ...)`` (workstation) writes an artifact folder;
 ``edge_lbp.load(artifact_dir)`` (device) opens it for training; ``edge_lbp.Trainer(artifact_dir)``
-(device) trains it on data with schedules, accumulation, clipping and checkpoints.
+(device) trains it on data with schedules, accumulation, clipping and checkpoints; ``edge_lbp.Predictor.open(path)`` (device) classifies images with a checkpoint or an artifact.
 """
 from edge_lbp._version import __version__
 from edge_lbp.core import config
 
 config.apply_process_settings()
 
-__all__ = ["__version__", "export_model", "load", "Trainer"]
+__all__ = ["__version__", "export_model", "load", "Trainer", "Predictor"]
 
 
 def __getattr__(name):
@@ -25,4 +25,8 @@ def __getattr__(name):
         from edge_lbp.trainer import Trainer
 
         return Trainer
+    if name == "Predictor":
+        from edge_lbp.predict import Predictor
+
+        return Predictor
     raise AttributeError(f"module 'edge_lbp' has no attribute {name!r}")

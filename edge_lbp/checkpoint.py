@@ -78,17 +78,7 @@ def load_checkpoint(folder) -> Tuple[Dict[str, np.ndarray], dict]:
     from safetensors.numpy import load_file
 
     folder = Path(folder)
-    path = folder / METADATA
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: no checkpoint here ({METADATA} is missing)")
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: damaged, not valid JSON ({err})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or "metadata" not in record:
-        raise CheckpointError(f"{path}: not an edge_lbp checkpoint")
-    if record.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {record.get('version')!r}, this edge_lbp reads {VERSION}")
+    record = _record(folder)
     tensor_path = folder / Path(str(record.get("tensors"))).name  # a bare name: never leave the folder
     if not tensor_path.is_file():
         raise CheckpointError(f"{tensor_path}: listed in {METADATA} but missing (partial copy?)")
@@ -102,6 +92,26 @@ def load_checkpoint(folder) -> Tuple[Dict[str, np.ndarray], dict]:
     if bad is not None:
         raise CheckpointError(f"{tensor_path}: {bad} holds NaN or infinite values; this checkpoint cannot be used")
     return tensors, record["metadata"]
+
+
+def checkpoint_metadata(folder) -> dict:
+    """The ``metadata`` of the checkpoint in ``folder`` alone (its tensors neither read nor checked)."""
+    return _record(Path(folder))["metadata"]
+
+
+def _record(folder: Path) -> dict:
+    path = folder / METADATA
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no checkpoint here ({METADATA} is missing)")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: damaged, not valid JSON ({err})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or "metadata" not in record:
+        raise CheckpointError(f"{path}: not an edge_lbp checkpoint")
+    if record.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {record.get('version')!r}, this edge_lbp reads {VERSION}")
+    return record
 
 
 def has_checkpoint(folder) -> bool:

@@ -23,7 +23,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_lbp.core.artifact import Artifact, logits_output, model_input
+from edge_lbp.core.artifact import Artifact, logits_output, model_input, normalization
 
 # Files considered images in a class folder (anything else, e.g. a README or .DS_Store, is not data).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -53,11 +53,16 @@ class Dataset:
         return len(self.labels)
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
-        """uint8 NHWC -> float32 NCHW: pixels scaled to ``input_range``, then ``(x - mean) / std`` per channel."""
-        low, high = self.input_range
-        x = images.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
-        x = (x - self.mean) / self.std
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return normalize(images, self.mean, self.std, self.input_range)
+
+
+def normalize(images: np.ndarray, mean, std, input_range) -> np.ndarray:
+    """uint8 NHWC -> float32 NCHW: pixels scaled to ``input_range``, then ``(x - mean) / std`` per channel (the
+    inference model's in-graph preprocessing does the same ops in the same order: ``runtime.inference``)."""
+    low, high = input_range
+    x = images.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def open_dataset(path, manifest, *, split: str = "train", classes: Optional[Sequence[str]] = None) -> Dataset:
@@ -76,10 +81,9 @@ def open_dataset(path, manifest, *, split: str = "train", classes: Optional[Sequ
     channels, height, width = shape[1:]
     if channels not in (1, 3):
         raise ValueError(f"the model takes {channels}-channel images; image data has 1 (grayscale) or 3 (RGB)")
-    norm = manifest.get("normalization", {})
-    mean = np.asarray(norm.get("mean", [0.0] * channels), np.float32)
-    std = np.asarray(norm.get("std", [1.0] * channels), np.float32)
-    input_range = tuple(float(v) for v in norm.get("input_range", (0.0, 1.0)))
+    norm = normalization(manifest)
+    mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+    input_range = tuple(norm["input_range"])
     size = (channels, height, width)
     if path.suffix == ".npz" and path.is_file():
         images, labels, names, skipped = _read_npz(path, split, size)
@@ -139,11 +143,17 @@ def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _fit(image, size):
-    """A Pillow image -> uint8 (H, W, C) at ``size`` = (C, H, W): the largest centred crop of the target aspect
-    ratio, resized (Pillow's bilinear filter, antialiased when shrinking), so shapes are never distorted."""
+def fit_image(image, size) -> np.ndarray:
+    """A Pillow image, or a uint8 (H, W) or (H, W, 1 or 3) array -> uint8 (H, W, C) at ``size`` = (C, H, W): the
+    largest centred crop of the target aspect ratio, resized (Pillow's bilinear filter, antialiased when
+    shrinking), so shapes are never distorted."""
     from PIL import Image
 
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.shape[2:] not in ((), (1,), (3,)):
+            raise ValueError(f"an image array must be uint8 (H, W) or (H, W, 1 or 3); got {image.dtype} "
+                             f"{image.shape}")
+        image = Image.fromarray(image[..., 0] if image.shape[2:] == (1,) else image)
     channels, height, width = size
     image = image.convert("L" if channels == 1 else "RGB")
     if image.size != (width, height):
@@ -156,9 +166,20 @@ def _fit(image, size):
     return array[:, :, None] if channels == 1 else array
 
 
-def _read_folder(folder: Path, size, classes):
+def read_image(path, size) -> np.ndarray:
+    """The image file ``path`` as uint8 (H, W, C) at ``size`` = (C, H, W) (``fit_image``); a file Pillow cannot
+    decode raises one ValueError line naming it."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as image:
+            return fit_image(image, size)
+    except Exception as err:  # Pillow's decoders raise many types for corrupt bytes
+        raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {' '.join(str(err).split())})") \
+            from None
+
+
+def _read_folder(folder: Path, size, classes):
     found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not found:
         raise ValueError(f"{folder}: no class sub-folders (expected one folder of images per class)")
@@ -174,18 +195,22 @@ def _read_folder(folder: Path, size, classes):
     kept = 0
     for path, label in files:
         try:
-            with Image.open(path) as image:
-                images[kept] = _fit(image, size)
-        except Exception as err:  # Pillow's decoders raise many types for corrupt bytes
-            bad.append(f"{path} ({type(err).__name__}: {' '.join(str(err).split())})")
+            images[kept] = read_image(path, size)
+        except ValueError as err:
+            bad.append(str(err))
             continue
         labels[kept] = label
         kept += 1
+    warn_unreadable(bad, stacklevel=4)
+    return images[:kept], labels[:kept], names, len(bad)
+
+
+def warn_unreadable(bad: Sequence[str], stacklevel: int = 2) -> None:
+    """One :class:`DataWarning` line for the unreadable files ``bad`` (``read_image``'s messages) left out."""
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         warnings.warn(f"skipped {len(bad)} unreadable image(s): {'; '.join(bad[:3])}{more}", DataWarning,
-                      stacklevel=3)
-    return images[:kept], labels[:kept], names, len(bad)
+                      stacklevel=stacklevel + 1)
 
 
 def _read_npz(path: Path, split: str, size):
@@ -222,12 +247,9 @@ def _read_npz(path: Path, split: str, size):
     if images.shape[-1] == 1 and channels == 3:  # grayscale data, RGB model: the usual channel repeat
         images = np.repeat(images, 3, axis=-1)
     if images.shape[1:] != (height, width, channels):
-        from PIL import Image
-
         if images.shape[-1] not in (1, 3):
             raise ValueError(f"{path}: images with {images.shape[-1]} channels; expected 1 or 3 (HWC layout)")
-        gray = images.shape[-1] == 1
-        images = np.stack([_fit(Image.fromarray(im[..., 0] if gray else im), size) for im in images])
+        images = np.stack([fit_image(im, size) for im in images])
     names = [str(n) for n in names] if names is not None else [str(i) for i in range(int(labels.max()) + 1)]
     return np.ascontiguousarray(images), labels, names, 0
 

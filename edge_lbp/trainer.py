@@ -373,10 +373,25 @@ class Trainer:
                                   "files differ); resume with the artifact it was saved from")
 
     def load_parameters(self, checkpoint_dir) -> dict:
-        """Only the checkpoint's parameters, e.g. to evaluate it (any engine); returns its metadata."""
+        """Only the checkpoint's parameters and class names, e.g. to evaluate it (any engine); returns its
+        metadata."""
         tensors, meta = load_checkpoint(checkpoint_dir)
+        self._check_same_artifact(checkpoint_dir, meta, tensors)
         self._load_parameters(checkpoint_dir, tensors)
+        self.classes = meta.get("classes")
         return meta
+
+    def predict(self, images, **options) -> list:
+        """``Predictor.predict`` with this trainer's parameters and class names."""
+        from edge_lbp.predict import Predictor
+
+        return Predictor(self.session, self.classes).predict(images, **options)
+
+    def export_inference(self, path, *, preprocess: bool = False) -> Path:
+        """``edge_lbp.methods.export_inference`` of this trainer's session, naming its classes."""
+        from edge_lbp.methods import export_inference
+
+        return export_inference(self.session, path, classes=self.classes, preprocess=preprocess)
 
     def _load_parameters(self, checkpoint_dir, tensors) -> None:
         names = self.session.state.trained

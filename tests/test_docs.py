@@ -114,3 +114,30 @@ def test_site_builds_with_every_link_and_anchor_resolved(tmp_path):
         html = tmp_path / "site" / ("" if page == "index" else page) / "index.html"
         assert html.is_file(), f"README links to docs/{page}.md, which is not a page"
         assert not anchor or f'id="{anchor}"' in html.read_text(), f"README: no anchor docs/{page}.md#{anchor}"
+
+
+def test_deploy_page_runs(tmp_path):
+    """docs/deploy.md from start to end on a small image folder: its commands, then its Python blocks in order in
+    one process (the committed tiny artifact stands in for artifacts/vit-tiny). The device's prediction for the
+    new photo and ONNX Runtime's, fed from the model's metadata with and without the in-graph preprocessing, agree."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("the page's last blocks run ONNX Runtime, which is not installed")
+    import shutil
+
+    from PIL import Image
+    from test_data import write_folder
+
+    shutil.copytree(ROOT / "tests" / "fixtures" / "tiny_vit", tmp_path / "artifacts" / "vit-tiny")
+    write_folder(tmp_path / "photos" / "train", per_class=4)
+    write_folder(tmp_path / "photos" / "val", per_class=2, seed=1)
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(tmp_path / "new-photo.jpg")
+    lines = [line for page, line, _ in COMMANDS if page == "deploy.md"]
+    assert any(line.startswith("edge-lbp predict") for line in lines), lines
+    for line in lines:
+        _run(line, tmp_path)
+    code = "\n".join(body for language, body in FENCE.findall((ROOT / "docs" / "deploy.md").read_text())
+                     if language == "python")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    device, *elsewhere = result.stdout.splitlines()[-3:]
+    assert device in {"ant", "bee", "cat"} and elsewhere == [device, device], result.stdout

@@ -1,6 +1,7 @@
 """The fleet: a ClientApp reply equals the Trainer alone bit for bit, and a real local Flower deployment (SuperLink
 and 3 SuperNodes on 127.0.0.1) improves the global model, survives a SuperNode killed mid-round, saves whole
 global models and leaves no process behind."""
+import json
 import os
 import re
 import signal
@@ -155,7 +156,8 @@ def _kill_tree(proc):
 def test_local_deployment_learns_survives_a_killed_node_and_saves_whole_models(artifact, data, tmp_path):
     out = tmp_path / "fleet"
     command = [sys.executable, "-m", "edge_lbp", "fleet", "local", str(artifact), "--data", str(data),
-               "--clients", "3", "--rounds", "2", "--seed", str(SEED), "--out", str(out), "--timeout", "900"]
+               "--clients", "3", "--rounds", "2", "--seed", str(SEED), "--out", str(out), "--timeout", "900",
+               "--onnx-preprocessing"]
     fleet = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen, lines, killed = {}, [], None
     try:
@@ -203,7 +205,10 @@ def test_local_deployment_learns_survives_a_killed_node_and_saves_whole_models(a
     assert round(final.evaluate(val)["accuracy"], 4) == float(rounds[2].group(2))
     import onnx
 
-    onnx.checker.check_model(onnx.load(str(out / "round-2" / "model.onnx")))
+    model = onnx.load(str(out / "round-2" / "model.onnx"))
+    onnx.checker.check_model(model)
+    props = {p.key: p.value for p in model.metadata_props}  # --onnx-preprocessing reached the ServerApp
+    assert json.loads(props["edge_lbp.classes"]) == final.classes and props["edge_lbp.preprocessing"] == "in-graph"
     # The writer lock stays by design (removing it would race with the next writer); nothing else hidden may.
     assert not [p for p in out.glob("round-*/.*") if p.name != LOCK], "a temporary file was left in a round folder"
     time.sleep(1)

@@ -101,6 +101,7 @@ def _add_round_options(cmd) -> None:
     options.add_batch_size(cmd)
     cmd.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default: the artifact's)")
     options.add_seed(cmd, help="round r trains with seed + r - 1 (default: 0)")
+    options.add_onnx_preprocessing(cmd, "each round's model.onnx")
 
 
 def _add_insecure(cmd) -> None:
@@ -215,7 +216,8 @@ def run(args) -> int:
 
 
 def _run_config(args) -> dict:
-    config = {"local-epochs": args.epochs, "batch-size": args.batch_size, "seed": args.seed}
+    config = {"local-epochs": args.epochs, "batch-size": args.batch_size, "seed": args.seed,
+              "onnx-preprocessing": args.onnx_preprocessing}
     if args.lr is not None:
         config["lr"] = args.lr
     return config

@@ -1,5 +1,6 @@
-"""Options more than one command takes, defined once: the number parsers, the data options, ``--threads``,
-``--seed`` and the options that choose how an export trains (``add_method_options``).
+"""Options more than one command takes, defined once: the number parsers, the data options, ``--engine``,
+``--threads``, ``--seed``, ``--onnx-preprocessing`` and the options that choose how an export trains
+(``add_method_options``).
 
 The values an option accepts come from the module that owns them (schedules, optimizers, engines, the LBP
 defaults), so a help text cannot fall behind its code. This module imports nothing heavy: building the parser
@@ -58,9 +59,21 @@ def add_data_options(cmd, required: bool) -> None:
     cmd.add_argument("--data", required=required, metavar="PATH",
                      help="an image folder (one sub-folder per class) or an .npz file (x_train/y_train, ...)")
     add_batch_size(cmd)
+    add_engine(cmd)
+    add_threads(cmd)
+
+
+def add_engine(cmd) -> None:
     cmd.add_argument("--engine", default=AUTO, choices=(AUTO, *ENGINES),
                      help=f"{AUTO}: numba (the device engine) (default: %(default)s)")
-    add_threads(cmd)
+
+
+def add_onnx_preprocessing(cmd, what: str = "--export-onnx") -> None:
+    """Whether an inference model written by ``cmd`` (``what``) scales and normalises its input in its graph."""
+    cmd.add_argument("--onnx-preprocessing", action="store_true",
+                     help=f"{what} takes uint8 NHWC images at the model's input size (as a camera gives them, "
+                          "resized) and scales and normalises them in its graph (default: float32 NCHW, "
+                          "normalised outside)")
 
 
 # How an export trains: the LBP selection of the backward, the method (and its deprecated --train), the side taps

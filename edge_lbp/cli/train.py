@@ -27,7 +27,10 @@ def add_parser(commands) -> None:
                      help="save a checkpoint here after every epoch and on Ctrl-C or SIGTERM (at the next update)")
     cmd.add_argument("--resume", action="store_true",
                      help="continue from the checkpoint in --checkpoint (its hyper-parameters, data position)")
-    cmd.add_argument("--export-onnx", metavar="PATH", help="write the adapted model as an inference ONNX file")
+    cmd.add_argument("--export-onnx", metavar="PATH",
+                     help="write the adapted model as an inference ONNX file (its metadata: class names, input "
+                          "layout, scaling, mean and std)")
+    options.add_onnx_preprocessing(cmd)
     cmd.add_argument("--max-rejected", type=options.count, default=10, metavar="N",
                      help="stop after N steps in a row with a non-finite loss or gradient (default: %(default)s)")
     options.add_seed(cmd)
@@ -57,6 +60,8 @@ def train(args) -> int:
 
     # Everything that could fail after the run fails now: a second writer on the checkpoint folder, an output
     # path that cannot be written.
+    if args.onnx_preprocessing and not args.export_onnx:
+        raise ValueError("--onnx-preprocessing shapes the --export-onnx model: give --export-onnx PATH too")
     if args.export_onnx:
         check_writable(args.export_onnx)
     if args.checkpoint:
@@ -68,7 +73,6 @@ def train(args) -> int:
 def _train(args) -> int:
     from edge_lbp.checkpoint import has_checkpoint
     from edge_lbp.data import open_dataset
-    from edge_lbp.methods import export_inference
     from edge_lbp.trainer import Trainer
 
     if args.resume:
@@ -108,7 +112,7 @@ def _train(args) -> int:
               f"{_what_was_saved(trainer, args.checkpoint)}", file=sys.stderr)
         return status_of(exc)
     if args.export_onnx:
-        print(f"inference model: {export_inference(trainer.session, args.export_onnx)}")
+        print(f"inference model: {trainer.export_inference(args.export_onnx, preprocess=args.onnx_preprocessing)}")
     return ExitStatus.OK
 
 

@@ -62,6 +62,17 @@ def model_input(manifest: dict) -> dict:
     return manifest["inputs"][0]
 
 
+def normalization(manifest: dict) -> dict:
+    """How pixels become the model's input: ``{"mean": [...], "std": [...], "input_range": [low, high]}``, pixels
+    of 0..255 scaled to ``input_range``, then ``(x - mean) / std`` per channel (the identity on [0, 1] when the
+    manifest records none)."""
+    channels = model_input(manifest)["shape"][1]
+    norm = manifest.get("normalization", {})
+    return {"mean": [float(v) for v in norm.get("mean", [0.0] * channels)],
+            "std": [float(v) for v in norm.get("std", [1.0] * channels)],
+            "input_range": [float(v) for v in norm.get("input_range", INPUT_RANGE)]}
+
+
 @dataclass(frozen=True)
 class Artifact:
     folder: Path

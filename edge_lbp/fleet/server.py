@@ -70,6 +70,7 @@ def main(grid: Grid, context: Context) -> None:
     val = open_dataset(str(config["val-data"]), trainer.manifest, split="val") if config["val-data"] else None
     trainer.classes = list(val.classes) if val is not None else None  # saved, so evaluating a checkpoint agrees
     out, rounds = Path(str(config["out"])), int(config["num-server-rounds"])
+    preprocess = bool(config["onnx-preprocessing"])  # model.onnx takes uint8 NHWC images
     out.mkdir(parents=True, exist_ok=True)
     nodes = int(config["min-nodes"])
     strategy = FleetAvg(fraction_evaluate=float(config["fraction-evaluate"]), min_train_nodes=nodes,
@@ -83,8 +84,8 @@ def main(grid: Grid, context: Context) -> None:
             result = trainer.evaluate(val)
             record.update(val_accuracy=result["accuracy"], val_loss=result["loss"], val_samples=result["samples"])
         if server_round:
-            record.update(boards=strategy.trained, min_boards=nodes,
-                          saved=str(save_round(trainer, out / f"round-{server_round}")))
+            saved = save_round(trainer, out / f"round-{server_round}", preprocess=preprocess)
+            record.update(boards=strategy.trained, min_boards=nodes, saved=str(saved))
             record.update(dict(strategy.train_metrics or {}))
         print(round_line(record), flush=True)
         _append_line(out / "rounds.jsonl", json.dumps(record))
@@ -96,13 +97,12 @@ def main(grid: Grid, context: Context) -> None:
                    timeout=float(config["round-timeout"]), train_config=train_config, evaluate_fn=evaluate)
 
 
-def save_round(trainer, folder: Path) -> Path:
-    """The global model of a round: ``model.onnx`` first, then the checkpoint, whose ``checkpoint.json`` is the
-    commit point (a crash in between leaves no ``checkpoint.json``: the round folder does not count)."""
-    from edge_lbp.methods import export_inference
-
+def save_round(trainer, folder: Path, *, preprocess: bool = False) -> Path:
+    """The global model of a round: ``model.onnx`` first (its outputs named as the validation data names its
+    classes; ``preprocess``: in its graph), then the checkpoint, whose ``checkpoint.json`` is the commit point (a
+    crash in between leaves no ``checkpoint.json``: the round folder does not count)."""
     folder.mkdir(parents=True, exist_ok=True)
-    export_inference(trainer.session, folder / "model.onnx")
+    trainer.export_inference(folder / "model.onnx", preprocess=preprocess)
     trainer.save(folder)
     return folder
 

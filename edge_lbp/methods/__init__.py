@@ -99,15 +99,18 @@ def load(artifact_dir, engine: str = "auto", *, threads=None, verify: bool = Tru
                                                        options=method_options)
 
 
-def inference_model(session):
-    """The adapted model as a plain ONNX graph (``edge_lbp.runtime.inference``), folded as its method says."""
+def inference_model(session, *, classes=None, preprocess: bool = False):
+    """The adapted model as a plain ONNX graph (``edge_lbp.runtime.inference``), folded as its method says, its
+    outputs named ``classes`` in its metadata; ``preprocess``: it takes uint8 NHWC images and scales and
+    normalises them itself."""
     from edge_lbp.runtime.inference import inference_model as plain
 
-    return plain(session, fold=of_manifest(session.artifact.manifest).fold)
+    return plain(session, fold=of_manifest(session.artifact.manifest).fold, classes=classes, preprocess=preprocess)
 
 
-def export_inference(session, path):
-    """Write :func:`inference_model` to ``path`` atomically."""
+def export_inference(session, path, *, classes=None, preprocess: bool = False):
+    """Write :func:`inference_model` to ``path`` atomically (``Trainer.export_inference`` passes the trainer's
+    class names)."""
     from edge_lbp.runtime.inference import write_model
 
-    return write_model(inference_model(session), path)
+    return write_model(inference_model(session, classes=classes, preprocess=preprocess), path)
