@@ -243,6 +243,7 @@ class Trainer:
                               f"rejected in all): {kept}; lower the learning rate or check the data")
 
     def _train_epoch(self, train, batch_size, augment, per_epoch, label, progress, periodic) -> None:
+        folder, every = periodic
         if isinstance(train, Dataset):
             data = batches(train, batch_size, shuffle=True, augment=augment, seed=self.seed, epoch=self.epoch,
                            start=self.batch)
@@ -265,9 +266,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{running['loss_sum'] / max(1, running['batches']):.4g}",
                                 lr=f"{self._last_lr():.3g}", refresh=False)
                 bar.update(1)
-                # After the running sums: a checkpoint's position includes this batch's loss and time.
+                # checkpoint_every's save: after an update (so an accepted step) whose count it divides, and after
+                # the running sums (its position includes this batch); an epoch's last batch has the epoch's save.
                 running["seconds"] = time.perf_counter() - started
-                self._save_periodically(periodic, updated=self.updates > updates, last=self.batch == per_epoch)
+                if every and self.updates > updates and self.updates % every == 0 and self.batch != per_epoch:
+                    self.save(folder)
                 if self._stop and self._micro == 0:  # a checkpoint holds no half-accumulated gradients
                     break
             else:
@@ -279,13 +282,6 @@ class Trainer:
         finally:
             bar.close()
             running["seconds"] = time.perf_counter() - started
-
-    def _save_periodically(self, periodic, updated, last) -> None:
-        """``checkpoint_every``'s save, after an update (so an accepted step) whose count it divides; not after
-        an epoch's last batch, which the epoch's own save follows."""
-        folder, every = periodic
-        if every is not None and updated and self.updates % every == 0 and not last:
-            self.save(folder)
 
     def _end_epoch(self, val, batch_size) -> dict:
         started = time.perf_counter()
