@@ -8,7 +8,11 @@ Layout::
 Saving is atomic at every instant: the new tensor file is written under a fresh name, then ``checkpoint.json``
 is replaced in one ``os.replace`` (the commit point), then the previous tensor file is removed. A crash leaves
 either the old checkpoint or the new one, never a mix; a damaged file is reported in one line on loading. A
-tensor holding NaN or infinity is never saved (the last good checkpoint stays) and is refused on loading.
+write that fails before the commit point (a full disk, a file-size limit) removes what it wrote and raises
+:class:`CheckpointWriteError`, the previous checkpoint untouched. A tensor holding NaN or infinity is never saved
+(the last good checkpoint stays) and is refused on loading.
+
+One checkpoint per folder: each save replaces the previous one (a board's disk is small).
 
 One writer at a time: :func:`locked` holds an exclusive ``flock`` on ``<folder>/.lock`` (the kernel releases it
 when the holding process dies, so a dead run's lock is taken over without a word), and every save takes it.
@@ -27,6 +31,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from edge_lbp.core.files import sha256, umask
+from edge_lbp.status import ExitStatus
 
 FORMAT = "edge_lbp.checkpoint"
 VERSION = 1
@@ -37,6 +42,12 @@ _HELD: Dict[Path, int] = {}  # folder -> descriptor of each lock this process ho
 
 class CheckpointError(ValueError):
     """The folder holds no usable checkpoint; the message names the file and what is wrong."""
+
+
+class CheckpointWriteError(OSError):
+    """A save failed midway (a full disk, a file-size limit); the folder keeps its previous checkpoint."""
+
+    exit_status = ExitStatus.ERROR  # the disk's fault, not the input's, whatever the OS error
 
 
 def save_checkpoint(folder, tensors: Dict[str, np.ndarray], metadata: dict) -> Path:
@@ -51,10 +62,33 @@ def save_checkpoint(folder, tensors: Dict[str, np.ndarray], metadata: dict) -> P
 
 
 def _save(folder: Path, tensors, metadata) -> Path:
-    from safetensors.numpy import save_file
+    from safetensors import SafetensorError
 
     name = f"tensors-{secrets.token_hex(4)}.safetensors"
-    staging = folder / f".{name}.tmp"
+    writing = folder / name
+    try:
+        _write_tensors(writing, tensors)
+        record = {"format": FORMAT, "version": VERSION, "tensors": name, "sha256": sha256(writing),
+                  "metadata": metadata}
+        writing = folder / METADATA
+        _write_atomic(writing, json.dumps(record, indent=1) + "\n")
+    except (OSError, SafetensorError) as err:  # safetensors reports its I/O errors as its own type
+        (folder / name).unlink(missing_ok=True)  # not committed: nothing refers to it
+        kept = "the previous checkpoint there is kept" if has_checkpoint(folder) else "nothing is saved there yet"
+        raise CheckpointWriteError(f"{writing}: writing failed ({err}): checkpoint not saved, {kept}") from None
+    _fsync(folder)  # the commit's rename itself reaches the disk
+    # Earlier saves, now unreferenced, and temporaries an interrupted save left behind.
+    for old in [*folder.glob("tensors-*.safetensors"), *folder.glob(".tensors-*.tmp"), *folder.glob(f".{METADATA}.*")]:
+        if old.name != name:
+            old.unlink()
+    return folder
+
+
+def _write_tensors(path: Path, tensors) -> None:
+    """``tensors`` written under a staging name, synced, then renamed to ``path`` (no partial file under it)."""
+    from safetensors.numpy import save_file
+
+    staging = path.with_name(f".{path.name}.tmp")
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(staging))
         os.chmod(staging, 0o666 & ~umask())  # safetensors writes 0600
@@ -62,15 +96,7 @@ def _save(folder: Path, tensors, metadata) -> Path:
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
-    os.replace(staging, folder / name)
-    record = {"format": FORMAT, "version": VERSION, "tensors": name, "sha256": sha256(folder / name),
-              "metadata": metadata}
-    _write_atomic(folder / METADATA, json.dumps(record, indent=1) + "\n")
-    # Earlier saves, now unreferenced, and temporaries an interrupted save left behind.
-    for old in [*folder.glob("tensors-*.safetensors"), *folder.glob(".tensors-*.tmp"), *folder.glob(f".{METADATA}.*")]:
-        if old.name != name:
-            old.unlink()
-    return folder
+    os.replace(staging, path)
 
 
 def load_checkpoint(folder) -> Tuple[Dict[str, np.ndarray], dict]:
@@ -158,7 +184,6 @@ def _write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
-    _fsync(path.parent)  # the rename itself reaches the disk
 
 
 def _fsync(path: Path) -> None:

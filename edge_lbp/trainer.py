@@ -171,7 +171,7 @@ class Trainer:
         return {"loss": loss / samples, "accuracy": correct / samples, "samples": samples}
 
     def fit(self, train, val=None, *, epochs: int = 1, batch_size: int = 32, augment: bool = True, callbacks=(),
-            checkpoint=None, progress=True) -> list:
+            checkpoint=None, checkpoint_every=None, progress=True) -> list:
         """Train until ``epochs`` epochs are done (a resumed trainer continues where it stopped); return the
         history: per epoch ``{epoch, train_loss (mean batch loss), val_loss, val_accuracy, lr (of the epoch's
         last update), seconds}``.
@@ -180,14 +180,19 @@ class Trainer:
         re-iterable of ``(x, y)`` batches. ``val``: the same kinds, or ``None``. ``callbacks``: called as
         ``callback(trainer, record)`` after each epoch. ``checkpoint``: a folder saved after every epoch, and
         at the next update boundary on Ctrl-C or SIGTERM, after which ``fit`` raises ``edge_lbp.status.Stopped``
-        (a ``KeyboardInterrupt`` naming the signal; a second signal stops at once). A run that ends on a rejected
-        step raises ``DivergenceError`` after its last epoch: its end is not saved, and nothing says it converged.
+        (a ``KeyboardInterrupt`` naming the signal; a second signal stops at once). ``checkpoint_every``: also
+        save after every N-th optimizer update (``updates``: one per ``accumulate`` batches; a rejected step is
+        none, so a checkpoint always follows an accepted one). A run that ends on a rejected step raises
+        ``DivergenceError`` after its last epoch: its end is not saved, and nothing says it converged.
         ``progress``: a bar on stderr when it is a terminal; ``"always"`` forces it.
         """
         if int(epochs) < 1 or int(batch_size) < 1:
             raise ValueError(f"epochs and batch_size must be at least 1; got {epochs}, {batch_size}")
         if checkpoint is not None:
             self._check_checkpointable()
+        if checkpoint_every is not None and (checkpoint is None or int(checkpoint_every) < 1):
+            raise ValueError(f"checkpoint_every needs a checkpoint folder and must be at least 1; got "
+                             f"{checkpoint_every}")
         self._stop = None  # a signal that came after the last step of an earlier fit is not for this one
         if isinstance(train, Dataset):
             if len(set(train.labels.tolist())) < 2:
@@ -211,7 +216,7 @@ class Trainer:
         with self._deferred_interrupt(), (locked(checkpoint) if checkpoint is not None else contextlib.nullcontext()):
             while self.epoch < epochs:
                 self._train_epoch(train, batch_size, augment, per_epoch, f"epoch {self.epoch + 1}/{epochs}",
-                                  progress)
+                                  progress, (checkpoint, checkpoint_every))
                 if self._stop:
                     signum, self._stop = self._stop, None
                     if checkpoint is not None:
@@ -237,7 +242,8 @@ class Trainer:
         raise DivergenceError(f"the run ended on a rejected step ({self._in_a_row} in a row, {self.rejected} "
                               f"rejected in all): {kept}; lower the learning rate or check the data")
 
-    def _train_epoch(self, train, batch_size, augment, per_epoch, label, progress) -> None:
+    def _train_epoch(self, train, batch_size, augment, per_epoch, label, progress, periodic) -> None:
+        folder, every = periodic
         if isinstance(train, Dataset):
             data = batches(train, batch_size, shuffle=True, augment=augment, seed=self.seed, epoch=self.epoch,
                            start=self.batch)
@@ -251,6 +257,7 @@ class Trainer:
                    disable=False if progress == "always" else (None if progress else True), mininterval=0.1)
         try:
             for x, y in data:
+                updates = self.updates
                 loss = self.step(x, y)
                 self.batch += 1
                 if math.isfinite(loss):  # a rejected step's loss is not part of the epoch's mean
@@ -259,6 +266,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{running['loss_sum'] / max(1, running['batches']):.4g}",
                                 lr=f"{self._last_lr():.3g}", refresh=False)
                 bar.update(1)
+                # checkpoint_every's save: after an update (so an accepted step) whose count it divides, and after
+                # the running sums (its position includes this batch); an epoch's last batch has the epoch's save.
+                running["seconds"] = time.perf_counter() - started
+                if every and self.updates > updates and self.updates % every == 0 and self.batch != per_epoch:
+                    self.save(folder)
                 if self._stop and self._micro == 0:  # a checkpoint holds no half-accumulated gradients
                     break
             else:

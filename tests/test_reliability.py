@@ -429,7 +429,8 @@ def test_artifacts_and_checkpoints_are_readable_by_others(artifact, tmp_path):
 
 # -- kill -9 at random moments, inside saves too ---------------------------------------------------------------------
 def _long_run(tmp_path):
-    """The stop loops' run (``command(folder, resume)``) and its uninterrupted reference checkpoint."""
+    """The stop loops' run (``command(folder, resume, *more options)``) and its uninterrupted reference
+    checkpoint."""
     from edge_lbp.export.models import load_pretrained
     from edge_lbp.synthetic import write_task
 
@@ -437,9 +438,10 @@ def _long_run(tmp_path):
     export_model(load_pretrained("vit-c10", num_classes=8), art, lr=1e-3)
     data = write_task(tmp_path / "task.npz", train_per_class=8, val_per_class=1)
 
-    def command(folder, resume):
+    def command(folder, resume, *options):
         return [sys.executable, "-m", "edge_lbp", "train", str(art), "--data", str(data), "--epochs", "30",
-                "--batch-size", "16", "--threads", "1", "--checkpoint", str(folder)] + (["--resume"] if resume else [])
+                "--batch-size", "16", "--threads", "1", "--checkpoint", str(folder), *options,
+                *(["--resume"] if resume else [])]
 
     reference = subprocess.run(command(tmp_path / "ref", False), capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr

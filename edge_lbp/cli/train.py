@@ -25,6 +25,10 @@ def add_parser(commands) -> None:
     cmd.add_argument("--no-augment", action="store_true", help="no random crops and flips of the training images")
     cmd.add_argument("--checkpoint", metavar="DIR",
                      help="save a checkpoint here after every epoch and on Ctrl-C or SIGTERM (at the next update)")
+    cmd.add_argument("--checkpoint-every", type=options.count, metavar="N",
+                     help="also save every N optimizer updates (an update: --accumulate batches; a rejected step "
+                          "is not one, so a checkpoint always follows an accepted step); the folder keeps the "
+                          "latest checkpoint only")
     cmd.add_argument("--resume", action="store_true",
                      help="continue from the checkpoint in --checkpoint (its hyper-parameters, data position)")
     cmd.add_argument("--export-onnx", metavar="PATH",
@@ -75,6 +79,8 @@ def _train(args) -> int:
     from edge_lbp.data import open_dataset
     from edge_lbp.trainer import Trainer
 
+    if args.checkpoint_every and not args.checkpoint:
+        raise ValueError("--checkpoint-every needs --checkpoint DIR (the folder to save to)")
     if args.resume:
         if not args.checkpoint:
             raise ValueError("--resume needs --checkpoint DIR (the folder to continue from)")
@@ -106,7 +112,7 @@ def _train(args) -> int:
 
     try:
         trainer.fit(train, val, epochs=args.epochs, batch_size=args.batch_size, augment=not args.no_augment,
-                    callbacks=[report], checkpoint=args.checkpoint)
+                    callbacks=[report], checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     except KeyboardInterrupt as exc:
         print(f"edge-lbp: stopped by {signal_name(exc)} in epoch {trainer.epoch + 1} after batch {trainer.batch}"
               f"{_what_was_saved(trainer, args.checkpoint)}", file=sys.stderr)
