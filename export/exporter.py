@@ -158,7 +158,9 @@ def load_model(model, *, input_shape=None, num_classes=None, adapt=None):
     the source, its kind, the input shape (C, H, W) and the number of classes. The eval-mode forward is there
     when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``).
     ``adapt``: applied to the torch module before its export (LoRA adapters, the side network); an ONNX file
-    cannot take it."""
+    cannot take it. An ONNX file needs neither torch nor ONNX Runtime."""
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx") and Path(model).is_file():
+        return _from_onnx(os.fspath(model), input_shape, num_classes)
     import torch
 
     if isinstance(model, torch.nn.Module):

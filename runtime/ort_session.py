@@ -72,7 +72,8 @@ class OrtSession(Session):
             raise ValueError(f"{artifact.folder}: {adaptive[0]} (and {len(adaptive) - 1} more) use energy:r bases, "
                              "which only the numba engine re-selects while training; use the numba engine")
         if "ort_checkpoint" not in manifest:
-            raise ValueError(f"{artifact.folder}: this artifact has no ORT checkpoint; use the numba engine")
+            raise ValueError(f"{artifact.folder}: this artifact has no ORT checkpoint (it was exported without "
+                             "onnxruntime-training); use the numba engine")
         checkpoint = api.CheckpointState.load_checkpoint(str(artifact.path(manifest["ort_checkpoint"])))
         self.state = OrtState(checkpoint, artifact.trainable)
         self._module = api.Module(str(artifact.path(manifest["graphs"]["training"])), checkpoint,

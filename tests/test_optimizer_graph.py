@@ -4,29 +4,46 @@ update the parameters as the closed forms of SGD and AdamW say."""
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
 
 from edge_lbp.core.defaults import OPTIMIZERS
 from edge_lbp.core.gradients import build_optimizer_graph
+from onnx_models import CLASSES, INPUT_SHAPE, small_classifier
 
 LR, STEPS, BATCH = 0.05, 4, 3
 
 
-def _linear_model():
-    """A small classifier as an ONNX file would bring it: logits = relu(x W1 + b1) W2 + b2."""
-    rng = np.random.default_rng(1)
-    weights = {"w1": rng.standard_normal((6, 8)), "b1": rng.standard_normal(8) * 0.1,
-               "w2": rng.standard_normal((8, 5)), "b2": rng.standard_normal(5) * 0.1}
-    nodes = [helper.make_node("MatMul", ["input", "w1"], ["h0"], name="fc1"),
-             helper.make_node("Add", ["h0", "b1"], ["h1"], name="fc1_bias"),
-             helper.make_node("Relu", ["h1"], ["h2"], name="act"),
-             helper.make_node("MatMul", ["h2", "w2"], ["h3"], name="fc2"),
-             helper.make_node("Add", ["h3", "b2"], ["logits"], name="fc2_bias")]
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 6])],
-        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 5])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+def _closed_form(optimizer, w, g, moments, t):
+    """One update in float64: plain SGD, or AdamW as ORT's block writes it (adam_mode 1: the bias corrections
+    folded into the step size, eps added to sqrt(v); betas 0.9 / 0.999, eps 1e-6, no weight decay)."""
+    if optimizer == "sgd":
+        return w - LR * g
+    m, v = moments
+    m[:] = 0.9 * m + 0.1 * g
+    v[:] = 0.999 * v + 0.001 * g * g
+    return w - LR * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-6)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_training_with_our_optimizer_graph_follows_the_closed_form(optimizer, tmp_path):
+    """Each of STEPS updates on the numba engine, from the gradients the engine computed, is the closed form's."""
+    import edge_lbp
+
+    onnx.save(small_classifier(), tmp_path / "model.onnx")
+    edge_lbp.export_model(str(tmp_path / "model.onnx"), tmp_path / "art", optimizer=optimizer, lr=LR, lbp="none",
+                          gradients="own")
+    session = edge_lbp.load(tmp_path / "art", "numba")
+    rng = np.random.default_rng(0)
+    params = {k: v.astype(np.float64) for k, v in session.state.parameters().items()}
+    moments = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in params.items()}
+    for t in range(1, STEPS + 1):
+        x = rng.standard_normal((BATCH, *INPUT_SHAPE)).astype(np.float32)
+        session.forward_backward(x, rng.integers(0, CLASSES, BATCH))
+        grads = {k: v.astype(np.float64) for k, v in session.gradients().items()}
+        session.optimizer.step()
+        after = session.state.parameters()
+        for name, w in params.items():
+            params[name] = _closed_form(optimizer, w, grads[name], moments[name], t)
+            np.testing.assert_allclose(after[name], params[name], rtol=1e-5, atol=1e-6, err_msg=f"{name}, step {t}")
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -36,9 +53,9 @@ def test_optimizer_graph_is_laid_out_as_orts(optimizer, tmp_path):
     import subprocess
     import sys
 
-    onnx.save(_linear_model(), tmp_path / "model.onnx")
+    onnx.save(small_classifier(), tmp_path / "model.onnx")
     script = ("import sys, onnx\nfrom onnxruntime.training import artifacts\n"
-              "artifacts.generate_artifacts(onnx.load(sys.argv[1]), requires_grad=['w1', 'b1', 'w2', 'b2'], "
+              "artifacts.generate_artifacts(onnx.load(sys.argv[1]), requires_grad=['w1', 'b1', 'w2', 'b2'], frozen_params=[], "
               "loss=artifacts.LossType.CrossEntropyLoss, optimizer=artifacts.OptimType[sys.argv[2]], "
               "artifact_directory=sys.argv[3])\n")
     name = {"adamw": "AdamW", "sgd": "SGD"}[optimizer]

@@ -90,3 +90,35 @@ def test_cli_export_with_own_gradients(tmp_path, capsys, export_extra):
 def test_unknown_gradient_builder_is_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"^unknown gradient builder 'torch'; choose one of ort, own$"):
         edge_lbp.export_model("vit-tiny", tmp_path, gradients="torch")
+
+
+def test_onnx_file_exports_without_torch_or_onnxruntime(tmp_path):
+    """Exporting an ONNX file needs the core requirements only: in a child Python where torch and onnxruntime
+    cannot be imported, the export writes every graph and no ORT checkpoint; the artifact trains on the numba
+    engine, and the ort engine says in one line what it lacks."""
+    import json
+    import subprocess
+    import sys
+
+    from onnx_models import CLASSES, INPUT_SHAPE, small_classifier
+    from subprocess_guard import BLOCK_WORKSTATION
+
+    onnx.save(small_classifier(), tmp_path / "model.onnx")
+    code = BLOCK_WORKSTATION + (
+        "import sys, edge_lbp\n"
+        "edge_lbp.export_model('model.onnx', 'art', lbp='none', optimizer='sgd', gradients='own')\n"
+        "print('loaded:', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime')))\n")
+    child = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "loaded: []" in child.stdout
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert "ort_checkpoint" not in manifest and not (tmp_path / "art" / "ort").exists()
+    session = edge_lbp.load(tmp_path / "art", "numba")
+    rng = np.random.default_rng(0)
+    losses = [session.train_step(rng.standard_normal((BATCH, *INPUT_SHAPE)).astype(np.float32),
+                                 rng.integers(0, CLASSES, BATCH)) for _ in range(3)]
+    assert np.isfinite(losses).all()
+    pytest.importorskip("onnxruntime.training", reason="the ort engine needs onnxruntime-training")
+    with pytest.raises(ValueError, match=r"art: this artifact has no ORT checkpoint \(it was exported without "
+                                         r"onnxruntime-training\); use the numba engine$"):
+        edge_lbp.load(tmp_path / "art", "ort")
