@@ -13,8 +13,10 @@ from onnx import helper, numpy_helper
 
 from edge_lbp.core import ort_names
 from edge_lbp.core.gradients import registry
-from edge_lbp.core.gradients.forward import constant_values, fuse_gelu, inference_batchnorm, stash_batchnorm
+from edge_lbp.core.gradients.forward import (constant_values, fuse_gelu, inference_batchnorm, mask_dropout,
+                                             stash_batchnorm)
 from edge_lbp.core.gradients.registry import GradientError
+from edge_lbp.core.ops import MAX_IR_VERSION
 from edge_lbp.core.ops import MICROSOFT as MS
 
 # ORT's loss block names the loss node and its outputs with a running counter (these for a small MLP; vit-tiny
@@ -51,9 +53,21 @@ class NodeGradient:
             raise self.error(f"shape of {name!r} is unknown")
         return shape
 
+    def elem_type(self, name):
+        """The ONNX element type (``TensorProto.FLOAT``, ...) of a forward tensor, or raise."""
+        elem_type = self._builder.types.get(name)
+        if not elem_type:
+            raise self.error(f"element type of {name!r} is unknown")
+        return elem_type
+
+    @property
+    def values(self):
+        """The forward's constants by name (initializers and Constant outputs), as arrays."""
+        return self._builder.values
+
     def const_value(self, name):
         """The value of a constant input (an initializer or a Constant node's output), or raise."""
-        value = self._builder.values.get(name)
+        value = self.values.get(name)
         if value is None:
             raise self.error(f"{name!r} is not a constant")
         return value.tolist()
@@ -101,11 +115,13 @@ class Builder:
     constants appended so far."""
 
     def __init__(self, model):
-        self.forward = stash_batchnorm(fuse_gelu(model))
+        self.forward = mask_dropout(stash_batchnorm(fuse_gelu(model)))
         inferred = onnx.shape_inference.infer_shapes(model)
-        self.shapes = {vi.name: _shape(vi) for vi in (*inferred.graph.value_info, *inferred.graph.input,
-                                                     *inferred.graph.output)}
+        infos = (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+        self.shapes = {vi.name: _shape(vi) for vi in infos}
         self.shapes.update((t.name, tuple(t.dims)) for t in model.graph.initializer)
+        self.types = {vi.name: vi.type.tensor_type.elem_type for vi in infos}
+        self.types.update((t.name, t.data_type) for t in model.graph.initializer)
         self.values = constant_values(self.forward.graph)
         self.nodes, self.initializers, self._counts = [], [], {}
 
@@ -258,7 +274,7 @@ def build_training_graph(model, trainable, frozen):
     training = helper.make_graph([*graph.node, *b.nodes], "training", inputs, outputs, [*kept, *b.initializers])
     opsets = [o for o in b.forward.opset_import if o.domain not in ("", MS)]
     opsets += [helper.make_opsetid("", _onnx_opset(b.forward)), helper.make_opsetid(MS, 1)]
-    return helper.make_model(training, opset_imports=opsets, ir_version=b.forward.ir_version)
+    return helper.make_model(training, opset_imports=opsets, ir_version=min(b.forward.ir_version, MAX_IR_VERSION))
 
 
 def build_eval_graph(model, trainable, frozen):
@@ -271,7 +287,7 @@ def build_eval_graph(model, trainable, frozen):
     nodes = [*inference_batchnorm(graph.node), _loss(graph.output[0].name)]
     outputs = [helper.make_tensor_value_info(LOSS, onnx.TensorProto.FLOAT, [])]
     return helper.make_model(helper.make_graph(nodes, graph.name, inputs, outputs, kept),
-                             opset_imports=model.opset_import, ir_version=model.ir_version)
+                             opset_imports=model.opset_import, ir_version=min(model.ir_version, MAX_IR_VERSION))
 
 
 def _onnx_opset(model):

@@ -6,6 +6,7 @@
   ``GeluGrad`` needs only ``x``.
 - A training-mode ``BatchNormalization`` becomes ``com.microsoft::BatchNormInternal``, which also outputs the
   batch mean and inverse standard deviation that ``BatchNormalizationGrad`` reads (named as ORT names it).
+- A ``Dropout`` that can drop gets its mask output (``<node>_mask``), which ``DropoutGrad`` reads.
 - For the eval graph, a training-mode ``BatchNormalization`` normalises with its running statistics instead.
 """
 import math
@@ -87,6 +88,29 @@ def stash_batchnorm(model):
             name=f"{node.name}_BatchNormInternal", domain=MS, training_mode=1, epsilon=attrs.get("epsilon", 1e-5),
             momentum=attrs.get("momentum", 0.9)))
         changed = True
+    return _with_nodes(model, nodes) if changed else model
+
+
+def dropout_is_identity(node, values):
+    """Whether a Dropout passes its input through unchanged: outside training mode (no ``training_mode`` input, or
+    a constant false one) or at a constant ratio 0 (``values``: ``constant_values``)."""
+    ratio = node.input[1] if len(node.input) > 1 else ""
+    mode = node.input[2] if len(node.input) > 2 else ""
+    return not mode or _is(values, mode, 0) or bool(ratio and _is(values, ratio, 0.0))
+
+
+def mask_dropout(model):
+    """A copy of ``model`` in which every Dropout that can drop outputs its mask (``<node>_mask`` where the
+    forward did not ask for it)."""
+    values = constant_values(model.graph)
+    nodes, changed = [], False
+    for node in model.graph.node:
+        if node.op_type == "Dropout" and not node.domain and not dropout_is_identity(node, values) and (
+                len(node.output) < 2 or not node.output[1]):
+            node = helper.make_node("Dropout", list(node.input), [node.output[0], f"{node.name}_mask"],
+                                    name=node.name, **{a.name: helper.get_attribute_value(a) for a in node.attribute})
+            changed = True
+        nodes.append(node)
     return _with_nodes(model, nodes) if changed else model
 
 

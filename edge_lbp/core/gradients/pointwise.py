@@ -3,6 +3,7 @@
 A binary op broadcasts its inputs to the output's shape; each input's gradient is summed back over the axes it
 was broadcast along (``NodeGradient.reduce_to``).
 """
+from edge_lbp.core.gradients.forward import dropout_is_identity
 from edge_lbp.core.gradients.registry import rule
 from edge_lbp.core.ops import MICROSOFT as MS
 
@@ -46,6 +47,22 @@ def neg(g):
 @rule("Identity")
 def identity(g):
     g.set(0, g.dy())
+
+
+@rule("Dropout")
+def dropout(g):
+    """The identity where nothing can drop; else ``dY * mask / (1 - ratio)`` (``DropoutGrad`` reads the mask the
+    forward outputs: ``forward.mask_dropout``)."""
+    if dropout_is_identity(g.node, g.values):
+        g.set(0, g.dy())
+        return
+    g.set(0, g.emit("DropoutGrad", [g.dy(), *g.node.output[1:2], *g.node.input[1:3]], domain=MS)[0])
+
+
+@rule("Cast")
+def cast(g):
+    """Back to the input's type."""
+    g.set(0, g.emit("Cast", [g.dy()], to=g.elem_type(g.x(0)))[0])
 
 
 @rule("Where", inputs=(1, 2))

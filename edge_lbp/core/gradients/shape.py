@@ -9,7 +9,7 @@ from edge_lbp.core.ops import MICROSOFT as MS
 
 # Shape arithmetic, comparisons and constants: their outputs do not depend differentiably on anything.
 no_gradient("Shape", "Size", "Constant", "ConstantOfShape", "Equal", "Less", "Greater", "GreaterOrEqual",
-            "LessOrEqual", "Not", "And", "Or", "Range")
+            "LessOrEqual", "Not", "And", "Or", "Range", "Mod")
 
 
 def _shape_of(g, i=0):
@@ -109,3 +109,27 @@ def reduce_mean(g):
     axes = _reduced_axes(g)
     count = math.prod(_static(g, g.x(0), a) for a in axes)
     g.set(0, g.emit("Div", [_spread(g, axes), g.const("count", float(count), "float32")])[0])
+
+
+@rule("Pad")
+def pad(g):
+    """Constant padding: the gradient is the output gradient without the padded margins, a Slice from the leading
+    pads over the input's extent. The pads are read at run time (torch computes them from shapes); pads that crop
+    (negative) are not supported."""
+    mode = g.attrs.get("mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        raise g.error(f"padding mode {mode!r} is not supported (constant only)")
+    if len(g.node.input) > 3 and g.node.input[3]:
+        raise g.error("padding selected axes (the axes input) is not supported")
+    rank = len(g.shape(g.x(0)))
+    pads = g.x(1) if len(g.node.input) > 1 else g.const("pads", g.attrs["pads"])
+    starts = g.emit("Slice", [pads, g.const("first", [0]), g.const("rank", [rank])])[0]
+    ends = g.emit("Add", [starts, _shape_of(g)])[0]
+    g.set(0, g.emit("Slice", [g.dy(), starts, ends])[0])
+
+
+@rule("GlobalAveragePool")
+def global_average_pool(g):
+    """Each input element gets the output gradient of its channel over the number of elements pooled."""
+    count = math.prod(_static(g, g.x(0), a) for a in range(2, len(g.shape(g.x(0)))))
+    g.set(0, g.emit("Div", [_spread(g, []), g.const("count", float(count), "float32")])[0])
