@@ -93,6 +93,8 @@ CASES = {
     "div": (lambda: Op(lambda m, x: x / m.pos + m.w / m.pos, pos=(5,), w=(5,)), (5,), 5),
     "relu": (lambda: nn.Sequential(nn.Linear(5, 4), nn.ReLU()), (5,), 4),
     "gelu": (lambda: nn.Sequential(nn.Linear(5, 4), nn.GELU()), (5,), 4),
+    # On tokens the bias is an Add of its own, which BiasGelu takes in.
+    "bias_gelu": (lambda: nn.Sequential(nn.Linear(4, 5), nn.GELU(), nn.Flatten()), (3, 4), 15),
     "softmax": (lambda: nn.Sequential(nn.Linear(5, 4), nn.Softmax(dim=-1)), (5,), 4),
     "layernorm": (lambda: nn.LayerNorm(5), (5,), 5),
     "reshape_transpose": (lambda: Op(lambda m, x: (x @ m.w).reshape(-1, 2, 3).transpose(1, 2).reshape(-1, 6),

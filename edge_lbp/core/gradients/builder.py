@@ -13,8 +13,8 @@ from onnx import helper, numpy_helper
 
 from edge_lbp.core import ort_names
 from edge_lbp.core.gradients import registry
-from edge_lbp.core.gradients.forward import (constant_values, fuse_gelu, inference_batchnorm, mask_dropout,
-                                             stash_batchnorm)
+from edge_lbp.core.gradients.forward import (constant_values, fuse_bias_gelu, fuse_gelu, inference_batchnorm,
+                                             mask_dropout, stash_batchnorm)
 from edge_lbp.core.gradients.registry import GradientError
 from edge_lbp.core.ops import MAX_IR_VERSION
 from edge_lbp.core.ops import MICROSOFT as MS
@@ -54,11 +54,11 @@ class NodeGradient:
         return shape
 
     def elem_type(self, name):
-        """The ONNX element type (``TensorProto.FLOAT``, ...) of a forward tensor, or raise."""
-        elem_type = self._builder.types.get(name)
-        if not elem_type:
+        """The ONNX element type (``onnx.TensorProto.FLOAT``, ...) of a forward tensor, or raise."""
+        elem = self._builder.types.get(name)
+        if not elem:
             raise self.error(f"element type of {name!r} is unknown")
-        return elem_type
+        return elem
 
     @property
     def values(self):
@@ -115,12 +115,13 @@ class Builder:
     constants appended so far."""
 
     def __init__(self, model):
-        self.forward = mask_dropout(stash_batchnorm(fuse_gelu(model)))
+        self.forward = mask_dropout(stash_batchnorm(fuse_bias_gelu(fuse_gelu(model))))
         inferred = onnx.shape_inference.infer_shapes(model)
-        infos = (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
-        self.shapes = {vi.name: _shape(vi) for vi in infos}
+        self.shapes = {vi.name: _shape(vi) for vi in (*inferred.graph.value_info, *inferred.graph.input,
+                                                     *inferred.graph.output)}
         self.shapes.update((t.name, tuple(t.dims)) for t in model.graph.initializer)
-        self.types = {vi.name: vi.type.tensor_type.elem_type for vi in infos}
+        self.types = {vi.name: vi.type.tensor_type.elem_type for vi in (*inferred.graph.value_info,
+                                                                        *inferred.graph.input)}
         self.types.update((t.name, t.data_type) for t in model.graph.initializer)
         self.values = constant_values(self.forward.graph)
         self.nodes, self.initializers, self._counts = [], [], {}

@@ -4,6 +4,9 @@
   ``Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)``; differentiating those five nodes one by one would need an
   ``Erf`` gradient (``exp``, which the engine lacks) and keep four temporaries per GELU alive for the backward.
   ``GeluGrad`` needs only ``x``.
+- ``Gelu(Add(x, b))`` with a bias vector ``b`` becomes ``com.microsoft::BiasGelu(x, b)``: its gradient
+  ``BiasGeluGrad_dX`` and the bias gradient's ``ReduceSum`` are what the engine's ``BiasGeluGradSum`` pass fuses
+  (the bias gradient summed while the input gradient is written).
 - A training-mode ``BatchNormalization`` becomes ``com.microsoft::BatchNormInternal``, which also outputs the
   batch mean and inverse standard deviation that ``BatchNormalizationGrad`` reads (named as ORT names it).
 - A ``Dropout`` that can drop gets its mask output (``<node>_mask``), which ``DropoutGrad`` reads.
@@ -71,6 +74,33 @@ def fuse_gelu(model):
     nodes = [replaced.get(id(n), n) for n in graph.node if id(n) not in fused]
     read = {i for n in nodes for i in n.input} | outputs
     return _with_nodes(model, [n for n in nodes if n.op_type != "Constant" or n.output[0] in read])
+
+
+def fuse_bias_gelu(model):
+    """A copy of ``model`` in which every ``Gelu(Add(x, b))``, ``b`` a 1-D initializer of more than one element and
+    the sum read by the Gelu alone, is one ``BiasGelu(x, b)`` (named as the Gelu, ``Gelu`` -> ``BiasGelu``)."""
+    graph = model.graph
+    vectors = {t.name for t in graph.initializer if len(t.dims) == 1 and t.dims[0] > 1}
+    producer = {o: n for n in graph.node for o in n.output}
+    reads = {}
+    for name in [i for n in graph.node for i in n.input] + [o.name for o in graph.output]:
+        reads[name] = reads.get(name, 0) + 1
+    replaced, fused = {}, set()
+    for gelu in graph.node:
+        add = producer.get(gelu.input[0]) if gelu.op_type == "Gelu" and gelu.domain == MS else None
+        if add is None or add.op_type != "Add" or add.domain or reads[add.output[0]] != 1:
+            continue
+        bias = next((i for i in add.input if i in vectors), None)
+        if bias is None or list(add.input).count(bias) != 1:
+            continue
+        x = add.input[1] if add.input[0] == bias else add.input[0]
+        scope, slash, last = gelu.name.rpartition("/")
+        replaced[id(gelu)] = helper.make_node("BiasGelu", [x, bias], [gelu.output[0]], domain=MS,
+                                              name=scope + slash + last.replace("Gelu", "BiasGelu", 1))
+        fused.add(id(add))
+    if not replaced:
+        return model
+    return _with_nodes(model, [replaced.get(id(n), n) for n in graph.node if id(n) not in fused])
 
 
 def stash_batchnorm(model):

@@ -61,7 +61,7 @@ def dropout(g):
 
 @rule("Cast")
 def cast(g):
-    """Back to the input's type."""
+    """The gradient cast back to the input's type (only a float input carries one)."""
     g.set(0, g.emit("Cast", [g.dy()], to=g.elem_type(g.x(0)))[0])
 
 
@@ -83,6 +83,16 @@ def relu(g):
 @rule("Gelu", MS)
 def gelu(g):
     g.set(0, g.emit("GeluGrad", [g.dy(), g.x(0)], domain=MS)[0])
+
+
+@rule("BiasGelu", MS, inputs=(0, 1))
+def bias_gelu(g):
+    """``Y = gelu(X + b)``: ``dX = BiasGeluGrad_dX(dY, X, b)``, ``db`` its sum over every axis but the last."""
+    dx = g.emit("BiasGeluGrad_dX", [g.dy(), g.x(0), g.x(1)], domain=MS)[0]
+    if g.wants(0):
+        g.set(0, dx)
+    if g.wants(1):
+        g.set(1, g.reduce_to(dx, g.shape(g.x(0)), 1))
 
 
 @rule("Softmax")

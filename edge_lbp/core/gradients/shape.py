@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import onnx
 
 from edge_lbp.core.gradients.registry import no_gradient, rule
 from edge_lbp.core.ops import MICROSOFT as MS
@@ -9,7 +10,8 @@ from edge_lbp.core.ops import MICROSOFT as MS
 
 # Shape arithmetic, comparisons and constants: their outputs do not depend differentiably on anything.
 no_gradient("Shape", "Size", "Constant", "ConstantOfShape", "Equal", "Less", "Greater", "GreaterOrEqual",
-            "LessOrEqual", "Not", "And", "Or", "Range", "Mod")
+            "LessOrEqual", "Not", "And", "Or", "Range")
+no_gradient("Mod")  # integer arithmetic on sizes (Hugging Face Swin's window padding)
 
 
 def _shape_of(g, i=0):
@@ -29,13 +31,6 @@ def reshape(g):
 def transpose(g):
     perm = g.attrs.get("perm") or list(range(len(g.shape(g.x(0))) - 1, -1, -1))
     g.set(0, g.emit("Transpose", [g.dy()], perm=[int(p) for p in np.argsort(perm)])[0])
-
-
-def _static(g, name, axis):
-    dim = g.shape(name)[axis]
-    if not isinstance(dim, int):
-        raise g.error(f"the size of {name!r} along axis {axis} is not static")
-    return dim
 
 
 @rule("Concat", inputs=None)
@@ -106,9 +101,15 @@ def reduce_sum(g):
 
 @rule("ReduceMean")
 def reduce_mean(g):
+    """The count is a constant where the reduced sizes are static, else ``Size(X) / Size(Y)`` at run time."""
     axes = _reduced_axes(g)
-    count = math.prod(_static(g, g.x(0), a) for a in axes)
-    g.set(0, g.emit("Div", [_spread(g, axes), g.const("count", float(count), "float32")])[0])
+    sizes = [g.shape(g.x(0))[a] for a in axes]
+    if all(isinstance(d, int) for d in sizes):
+        count = g.const("count", float(math.prod(sizes)), "float32")
+    else:
+        ratio = g.emit("Div", [g.emit("Size", [g.x(0)])[0], g.emit("Size", [g.y()])[0]])[0]
+        count = g.emit("Cast", [ratio], to=onnx.TensorProto.FLOAT)[0]
+    g.set(0, g.emit("Div", [_spread(g, axes), count])[0])
 
 
 @rule("Pad")
@@ -130,6 +131,6 @@ def pad(g):
 
 @rule("GlobalAveragePool")
 def global_average_pool(g):
-    """Each input element gets the output gradient of its channel over the number of elements pooled."""
-    count = math.prod(_static(g, g.x(0), a) for a in range(2, len(g.shape(g.x(0)))))
-    g.set(0, g.emit("Div", [_spread(g, []), g.const("count", float(count), "float32")])[0])
+    """The mean over every axis after the channels, kept: ReduceMean's gradient over those axes."""
+    g.attrs = {"axes": list(range(2, len(g.shape(g.x(0))))), "keepdims": 1}
+    reduce_mean(g)
