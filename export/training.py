@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from edge_lbp.core import ort_names
-from edge_lbp.core.defaults import GRADIENTS, OPTIMIZERS
+from edge_lbp.core.defaults import EXPORT_GRADIENTS, GRADIENTS, OPTIMIZERS
 from edge_lbp.core.gradients import GradientError, build_eval_graph, build_optimizer_graph, build_training_graph
 
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
@@ -32,7 +32,8 @@ def parameter_names(model):
             if t.data_type == onnx.TensorProto.FLOAT and t.name not in running]
 
 
-def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer="adamw", gradients="ort"):
+def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer="adamw",
+                                gradients=EXPORT_GRADIENTS):
     """Write training_model.onnx, eval_model.onnx, optimizer_model.onnx and (when ORT-training is installed)
     checkpoint into ``out_dir``.
 
