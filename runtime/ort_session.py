@@ -64,7 +64,7 @@ class OrtSession(Session):
             ort = importlib.import_module("onnxruntime")
             api = importlib.import_module("onnxruntime.training.api")
         except ImportError as err:
-            raise RuntimeError(f"the ort engine needs onnxruntime-training (pip install 'edge-lbp[export]'): {err}")
+            raise RuntimeError(f"the ort engine needs onnxruntime-training (pip install 'edge-lbp[ort]'): {err}")
         manifest = artifact.manifest
         adaptive = [r["layer"] for r in manifest.get("lbp", {}).get("layers", [])
                     if is_adaptive(r.get("selection") or "")]

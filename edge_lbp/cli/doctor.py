@@ -91,7 +91,7 @@ def _engines(to_fix: List[str]) -> dict:
         importlib.import_module("onnxruntime.training.api")
     except Exception as err:  # ImportError, or a wheel built for another CPU / glibc
         engines["ort"] = {"available": False, "detail": f"onnxruntime-training not importable ({err})"}
-        to_fix.append("the ort engine (reference) needs onnxruntime-training: pip install 'edge-lbp[export]'")
+        to_fix.append("the ort engine (reference) needs onnxruntime-training: pip install 'edge-lbp[ort]'")
     else:
         engines["ort"] = {"available": True, "detail": f"onnxruntime-training {_version('onnxruntime-training')}"}
     return engines
