@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from edge_lbp.core import ort_names
 from edge_lbp.core.gradients import registry
 from edge_lbp.core.gradients.forward import (constant_values, fuse_bias_gelu, fuse_gelu, inference_batchnorm,
-                                             mask_dropout, stash_batchnorm)
+                                             inference_dropout, mask_dropout, stash_batchnorm)
 from edge_lbp.core.gradients.registry import GradientError
 from edge_lbp.core.ops import MAX_IR_VERSION
 from edge_lbp.core.ops import MICROSOFT as MS
@@ -281,11 +281,12 @@ def build_training_graph(model, trainable, frozen):
 def build_eval_graph(model, trainable, frozen):
     """The eval ModelProto of forward ``model``, as ORT's artifact generator lays it out: the training graph's
     inputs up to the parameters, the forward nodes (BatchNormalization on its running statistics) and the mean
-    loss on the logits, the loss the only output (the engines cut the graph down to the logits themselves)."""
+    loss on the logits, the loss the only output (the engines cut the graph down to the logits themselves); a
+    Dropout passes its input through."""
     trainable, frozen = _parameters(model, trainable, frozen)
     graph = model.graph
     inputs, kept = _inputs(graph, trainable, frozen)
-    nodes = [*inference_batchnorm(graph.node), _loss(graph.output[0].name)]
+    nodes = [*inference_dropout(inference_batchnorm(graph.node)), _loss(graph.output[0].name)]
     outputs = [helper.make_tensor_value_info(LOSS, onnx.TensorProto.FLOAT, [])]
     return helper.make_model(helper.make_graph(nodes, graph.name, inputs, outputs, kept),
                              opset_imports=model.opset_import, ir_version=min(model.ir_version, MAX_IR_VERSION))

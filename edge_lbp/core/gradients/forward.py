@@ -10,7 +10,8 @@
 - A training-mode ``BatchNormalization`` becomes ``com.microsoft::BatchNormInternal``, which also outputs the
   batch mean and inverse standard deviation that ``BatchNormalizationGrad`` reads (named as ORT names it).
 - A ``Dropout`` that can drop gets its mask output (``<node>_mask``), which ``DropoutGrad`` reads.
-- For the eval graph, a training-mode ``BatchNormalization`` normalises with its running statistics instead.
+- For the eval graph, a training-mode ``BatchNormalization`` normalises with its running statistics instead, and a
+  ``Dropout`` loses its ``training_mode`` input (so it passes its input through), as ORT's eval graphs have them.
 """
 import math
 
@@ -157,6 +158,17 @@ def inference_batchnorm(nodes):
             raise ValueError(f"{node.name}: running-statistics outputs are consumed; no inference-mode eval graph")
         nodes[k] = helper.make_node("BatchNormalization", list(node.input), [node.output[0]], name=node.name,
                                     **{**attrs, "training_mode": 0})
+    return nodes
+
+
+def inference_dropout(nodes):
+    """``nodes`` with every Dropout's ``training_mode`` input dropped: ONNX's default, inference, passes the input
+    through."""
+    nodes = list(nodes)
+    for k, node in enumerate(nodes):
+        if node.op_type == "Dropout" and not node.domain and len(node.input) > 2:
+            nodes[k] = helper.make_node("Dropout", list(node.input[:2]), list(node.output), name=node.name,
+                                        **{a.name: helper.get_attribute_value(a) for a in node.attribute})
     return nodes
 
 
