@@ -149,7 +149,7 @@ def find_linear_layers(model: onnx.ModelProto) -> List[LinearLayer]:
 def activation_shapes(forward_model: onnx.ModelProto, input_shape: Sequence[int], names) -> Dict[str, tuple]:
     """The shapes of the named tensors for a batch of one, without an ONNX Runtime session: ONNX shape inference
     with data propagation (a Reshape's target computed from Shape ops included), and for what it leaves symbolic
-    (a side network's reads) one forward pass on the numba engine's graph executor."""
+    (a side network's reads) one forward pass of onnx's reference evaluator (numpy)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(forward_model)
     initializers = {t.name for t in probe.graph.initializer}
@@ -166,13 +166,12 @@ def activation_shapes(forward_model: onnx.ModelProto, input_shape: Sequence[int]
             shapes[value.name] = tuple(d.dim_value for d in dims)
     missing = [n for n in names if n not in shapes]
     if missing:
-        from edge_lbp.runtime.graph import Graph
+        from onnx.reference import ReferenceEvaluator
 
-        del probe.graph.output[:]
         produced = {o for n in probe.graph.node for o in n.output}
-        probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in missing if n in produced)
-        values = Graph(probe, name="forward graph").run({image.name: np.zeros((1, *input_shape), np.float32)})
-        shapes.update((o.name, v.shape) for o, v in zip(probe.graph.output, values))
+        found = [n for n in missing if n in produced]
+        values = ReferenceEvaluator(probe).run(found, {image.name: np.zeros((1, *input_shape), np.float32)})
+        shapes.update((name, value.shape) for name, value in zip(found, values))
     return shapes
 
 
