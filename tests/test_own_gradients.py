@@ -118,6 +118,14 @@ def test_onnx_file_exports_without_torch_or_onnxruntime(tmp_path):
     losses = [session.train_step(rng.standard_normal((BATCH, *INPUT_SHAPE)).astype(np.float32),
                                  rng.integers(0, CLASSES, BATCH)) for _ in range(3)]
     assert np.isfinite(losses).all()
+    cli = BLOCK_WORKSTATION + "import sys\nfrom edge_lbp.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    for args, needs in ((["vit-tiny", "-o", "preset"], "torch: install the workstation extra (pip install "
+                                                       "'edge-lbp[export]')"),
+                        (["model.onnx", "-o", "ref", "--gradients", "ort"], "onnxruntime: install the workstation "
+                                                                            "extra (pip install 'edge-lbp[ort]')")):
+        refused = subprocess.run([sys.executable, "-c", cli, "export", *args], cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=600)
+        assert refused.returncode != 0 and refused.stderr.strip() == f"edge-lbp: error: export needs {needs}"
     pytest.importorskip("onnxruntime.training", reason="the ort engine needs onnxruntime-training")
     with pytest.raises(ValueError, match=r"art: this artifact has no ORT checkpoint \(it was exported without "
                                          r"onnxruntime-training\); use the numba engine$"):
