@@ -32,7 +32,8 @@ def bundle(assets_dir) -> Path:
         export_model(load_pretrained(packaged.BACKBONE, num_classes=packaged.CLASSES), exported,
                      **packaged.SETTINGS)
         manifest = json.loads((exported / MANIFEST).read_text())
-        del manifest["ort_checkpoint"], manifest["checksums"][ORT_CHECKPOINT]
+        manifest.pop("ort_checkpoint", None)
+        manifest["checksums"].pop(ORT_CHECKPOINT, None)
         params = load_file(str(exported / PARAMS_FILE))
         backbone = load_file(str(packaged.assets() / packaged.BACKBONE_FILE))
         shared = [n for n in params if not n.startswith(packaged.HEAD_PREFIX)]

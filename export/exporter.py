@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edge_lbp.core.defaults import EXPORT_GRADIENTS
 from edge_lbp.export import training, writer
 
 # What the built-in presets expect (CIFAR-style); other models get the same unless the caller says otherwise.
@@ -78,7 +79,7 @@ def _human_bytes(size):
 
 
 def export_artifact(model, out_dir, *, method, lbp, optimizer="adamw", lr=1e-3, input_shape=None,
-                    num_classes=None, normalization=None, progress=None, gradients="ort"):
+                    num_classes=None, normalization=None, progress=None, gradients=EXPORT_GRADIENTS):
     """Export ``model`` to the artifact folder ``out_dir`` and return a ``Report``.
 
     ``method``: an ``edge_lbp.methods`` method (how the model is adapted, what trains, what the manifest records);
@@ -158,7 +159,11 @@ def load_model(model, *, input_shape=None, num_classes=None, adapt=None):
     the source, its kind, the input shape (C, H, W) and the number of classes. The eval-mode forward is there
     when the (training-mode) forward of a torch module draws random numbers (``onnx_export.draws_random``).
     ``adapt``: applied to the torch module before its export (LoRA adapters, the side network); an ONNX file
-    cannot take it."""
+    cannot take it. An ONNX file needs neither torch nor ONNX Runtime."""
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx"):
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"{os.fspath(model)}: no such file")
+        return _from_onnx(os.fspath(model), input_shape, num_classes)
     import torch
 
     if isinstance(model, torch.nn.Module):
@@ -176,8 +181,6 @@ def load_model(model, *, input_shape=None, num_classes=None, adapt=None):
         return _from_module(_call_factory(text, num_classes), text, "factory", input_shape, num_classes, adapt)
     if Path(text).is_file():
         return _from_onnx(text, input_shape, num_classes)
-    if text.endswith(".onnx"):
-        raise FileNotFoundError(f"{text}: no such file")
     raise ValueError(f"unknown model {text!r}: not a preset ({', '.join(models.PRESETS)}), "
                      "a .onnx file, package.module:factory, or hf:PATH")
 

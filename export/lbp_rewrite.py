@@ -147,20 +147,32 @@ def find_linear_layers(model: onnx.ModelProto) -> List[LinearLayer]:
 
 
 def activation_shapes(forward_model: onnx.ModelProto, input_shape: Sequence[int], names) -> Dict[str, tuple]:
-    """Run the forward graph once on a batch of one and return the shapes of the named tensors."""
-    import onnxruntime as ort
-
+    """The shapes of the named tensors for a batch of one, without an ONNX Runtime session: ONNX shape inference
+    with data propagation (a Reshape's target computed from Shape ops included), and for what it leaves symbolic
+    (a side network's reads) one forward pass of onnx's reference evaluator (numpy)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(forward_model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.zeros((1, *input_shape), np.float32)}
-    wanted = [o.name for o in session.get_outputs() if o.name in set(names)]
-    return {name: value.shape for name, value in zip(wanted, session.run(wanted, feed))}
+    initializers = {t.name for t in probe.graph.initializer}
+    image = next(v for v in probe.graph.input if v.name not in initializers)
+    for dim, size in zip(image.type.tensor_type.shape.dim, (1, *input_shape)):
+        dim.Clear()
+        dim.dim_value = size
+    inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True).graph
+    wanted, shapes = set(names), {}
+    for value in (*inferred.input, *inferred.value_info, *inferred.output):
+        dims = value.type.tensor_type.shape.dim
+        if value.name in wanted and value.type.tensor_type.HasField("shape") and all(
+                d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        from onnx.reference import ReferenceEvaluator
+
+        produced = {o for n in probe.graph.node for o in n.output}
+        found = [n for n in missing if n in produced]
+        values = ReferenceEvaluator(probe).run(found, {image.name: np.zeros((1, *input_shape), np.float32)})
+        shapes.update((name, value.shape) for name, value in zip(found, values))
+    return shapes
 
 
 def _grid_candidates(tokens: int, image_hw: Tuple[int, int]) -> set:
@@ -343,7 +355,8 @@ def apply_lbp(training_model, forward_model, input_shape, config: LbpConfig):
     shapes = activation_shapes(forward_model, input_shape, sorted({l.activation for l in layers}))
     missing = [l.activation for l in layers if l.activation not in shapes]
     if missing:
-        raise ValueError(f"activations {missing} of the training graph are not in the forward graph")
+        raise ValueError(f"activations {missing} of the training graph have no static shape in the forward graph "
+                         "(ONNX shape inference)")
     # An image's (H, W) bounds the grids a token count can come from; a token input's (N, C) says nothing about
     # them, so its given grid stands in (a layer on a merged grid then finds its divisions of it).
     image_hw = config.grid if len(input_shape) == 2 else tuple(input_shape[-2:])

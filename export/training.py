@@ -1,6 +1,8 @@
-"""ONNX Runtime training artifacts (training / eval / optimizer graphs + checkpoint) from a forward ModelProto.
+"""Training artifacts (training / eval / optimizer graphs, and ORT's checkpoint) from a forward ModelProto.
 
-Facts about onnxruntime-training 1.19 this module relies on:
+Our builder (``edge_lbp.core.gradients``, the default) writes the graphs as onnxruntime-training 1.19 writes them;
+``gradients="ort"`` has ORT write them (the oracle the tests compare with). Facts about onnxruntime-training 1.19
+both rely on:
 - ``generate_artifacts`` with ``LossType.CrossEntropyLoss`` adds a graph input named ``labels`` (int64, shape
   (batch,)) and a ``SoftmaxCrossEntropyLoss`` node (mean reduction) on the model's single output.
 - ``OptimType.SGD`` emits ``com.microsoft::SGDOptimizerV2`` (inputs: lr, params, grads): plain SGD, no momentum,
@@ -15,8 +17,8 @@ import re
 from pathlib import Path
 
 from edge_lbp.core import ort_names
-from edge_lbp.core.defaults import GRADIENTS, OPTIMIZERS
-from edge_lbp.core.gradients import GradientError, build_eval_graph, build_training_graph
+from edge_lbp.core.defaults import EXPORT_GRADIENTS, GRADIENTS, OPTIMIZERS
+from edge_lbp.core.gradients import GradientError, build_eval_graph, build_optimizer_graph, build_training_graph
 
 ARTIFACT_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
 
@@ -30,42 +32,70 @@ def parameter_names(model):
             if t.data_type == onnx.TensorProto.FLOAT and t.name not in running]
 
 
-def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer="adamw", gradients="ort"):
-    """Write training_model.onnx, eval_model.onnx, optimizer_model.onnx and checkpoint into ``out_dir``.
+def generate_training_artifacts(model, out_dir, trainable, frozen, *, optimizer="adamw",
+                                gradients=EXPORT_GRADIENTS):
+    """Write training_model.onnx, eval_model.onnx, optimizer_model.onnx and (when ORT-training is installed)
+    checkpoint into ``out_dir``.
 
     ``model`` is a forward ModelProto as returned by ``onnx_export.export_forward``/``load_onnx`` (one output, the
     logits); ``trainable`` and ``frozen``: parameter names (a method's ``split``); ``gradients``: one of
-    ``GRADIENTS``. Returns a dict with the artifact paths and ``labels`` (the label input's name).
+    ``GRADIENTS``: ``"own"`` builds every graph with ``edge_lbp.core.gradients`` (numpy and onnx only), ``"ort"``
+    has onnxruntime-training's ``generate_artifacts`` write them (the oracle). Returns a dict with the artifact
+    paths (``checkpoint`` None when none was written) and ``labels`` (the label input's name).
     Raises GradientError when the gradient builder cannot differentiate a node.
     """
     import onnx
-    from onnxruntime.training import artifacts
 
-    optim = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}.get(optimizer)
-    if optim is None:
+    if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     check_gradients(gradients)
-    # Ours first: a node it cannot differentiate fails before ORT spends its time.
-    own = None
-    if gradients == "own":
-        own = {"training_model.onnx": build_training_graph(model, trainable, frozen),
-               "eval_model.onnx": build_eval_graph(model, trainable, frozen)}
     if len(model.graph.output) != 1:
         raise ValueError(f"the forward model must have one output (the logits), it has {len(model.graph.output)}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if gradients == "ort":
+        out.mkdir(parents=True, exist_ok=True)
+        _generate_ort_artifacts(model, out, trainable, frozen, optimizer)
+    else:
+        graphs = {"training_model.onnx": build_training_graph(model, trainable, frozen),
+                  "eval_model.onnx": build_eval_graph(model, trainable, frozen),
+                  "optimizer_model.onnx": build_optimizer_graph(optimizer)}
+        out.mkdir(parents=True, exist_ok=True)
+        for name, graph in graphs.items():
+            onnx.save(graph, out / name)
+        write_ort_checkpoint(model, trainable, frozen, out / "checkpoint")
+    paths = {name: out / name for name in ARTIFACT_FILES}
+    if not paths["checkpoint"].is_file():
+        paths["checkpoint"] = None
+    return {**paths, "labels": ort_names.LABELS}
+
+
+def _generate_ort_artifacts(model, out, trainable, frozen, optimizer):
+    import onnx
+    from onnxruntime.training import artifacts
+
+    optim = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}[optimizer]
     try:
         artifacts.generate_artifacts(model, requires_grad=list(trainable), frozen_params=list(frozen),
                                      loss=artifacts.LossType.CrossEntropyLoss, optimizer=optim,
                                      artifact_directory=out)
     except Exception as exc:
         raise translate_gradient_error(exc, model) from None
-    for name, graph in (own or {}).items():
-        onnx.save(graph, out / name)
     eval_path = out / "eval_model.onnx"
     onnx.save(trim_inference_batchnorm_outputs(onnx.load(eval_path)), eval_path)
-    paths = {name: out / name for name in ARTIFACT_FILES}
-    return {**paths, "labels": ort_names.LABELS}
+
+
+def write_ort_checkpoint(model, trainable, frozen, path):
+    """ORT's checkpoint of ``model``'s parameters (what the ``ort`` engine loads) at ``path``, when
+    onnxruntime-training is installed; returns whether it wrote one. Without it the artifact trains on the numba
+    engine only (it reads params.safetensors)."""
+    try:
+        from onnxruntime.training import onnxblock
+    except ImportError:  # not installed, or the inference package (no training API)
+        return False
+    # generate_artifacts' own split and order: the initializers in graph order.
+    chosen = [[t for t in model.graph.initializer if t.name in set(names)] for names in (trainable, frozen)]
+    onnxblock.save_checkpoint(tuple(chosen), Path(path))
+    return True
 
 
 def check_gradients(gradients):

@@ -19,7 +19,7 @@ def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, la
 
     ``forward``: the forward ModelProto (parameter values and the model's inputs/outputs are read from it);
     ``training``: the rewritten training ModelProto; ``ort_dir``: the folder ``generate_training_artifacts`` wrote
-    (eval and optimizer graphs and checkpoint are copied from it byte for byte); ``lbp``: the LBP config and
+    (eval and optimizer graphs and, when it wrote one, ORT's checkpoint are copied from it byte for byte); ``lbp``: the LBP config and
     per-layer table; ``model``: the source description; ``normalization``: ``(mean, std)`` per channel;
     ``method``: the training method's record (``edge_lbp.core.artifact.training_method``), None for plain backprop.
 
@@ -37,8 +37,10 @@ def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, la
         onnx.save(training, stage / GRAPH_FILES["training"])
         for key in ("eval", "optimizer"):
             shutil.copyfile(Path(ort_dir) / GRAPH_FILES[key], stage / GRAPH_FILES[key])
-        (stage / ORT_CHECKPOINT).parent.mkdir()
-        shutil.copyfile(Path(ort_dir) / "checkpoint", stage / ORT_CHECKPOINT)
+        checkpoint = Path(ort_dir) / "checkpoint"
+        if checkpoint.is_file():  # written where onnxruntime-training is installed (the ort engine loads it)
+            (stage / ORT_CHECKPOINT).parent.mkdir()
+            shutil.copyfile(checkpoint, stage / ORT_CHECKPOINT)
         write_params(stage / PARAMS_FILE, forward, trainable + frozen)
         optimizer_graph = onnx.load(stage / GRAPH_FILES["optimizer"])
         manifest = {
@@ -46,7 +48,6 @@ def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, la
             "edge_lbp_version": _version(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "graphs": dict(GRAPH_FILES),
-            "ort_checkpoint": ORT_CHECKPOINT,
             "params": PARAMS_FILE,
             "model": model,
             "inputs": [_value_info(v) for v in _graph_inputs(forward)],
@@ -62,6 +63,8 @@ def write_artifact(out_dir, *, forward, training, ort_dir, trainable, frozen, la
                               "input_range": INPUT_RANGE},
             "checksums": {_relative(p, stage): sha256(p) for p in _files(stage)},
         }
+        if checkpoint.is_file():
+            manifest["ort_checkpoint"] = ORT_CHECKPOINT
         if method is not None:
             manifest["method"] = method
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

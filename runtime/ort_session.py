@@ -72,7 +72,7 @@ class OrtSession(Session):
             ort = importlib.import_module("onnxruntime")
             api = importlib.import_module("onnxruntime.training.api")
         except ImportError as err:
-            raise RuntimeError(f"the ort engine needs onnxruntime-training (pip install 'edge-lbp[export]'): {err}")
+            raise RuntimeError(f"the ort engine needs onnxruntime-training (pip install 'edge-lbp[ort]'): {err}")
         manifest = artifact.manifest
         adaptive = [r["layer"] for r in manifest.get("lbp", {}).get("layers", [])
                     if is_adaptive(r.get("selection") or "")]
@@ -84,7 +84,8 @@ class OrtSession(Session):
             raise ValueError(f"{artifact.folder}: node {foreign.name!r} ({foreign.domain}::{foreign.op_type}) runs on "
                              "the numba engine only (ONNX Runtime has no CPU kernel for it); use the numba engine")
         if "ort_checkpoint" not in manifest:
-            raise ValueError(f"{artifact.folder}: this artifact has no ORT checkpoint; use the numba engine")
+            raise ValueError(f"{artifact.folder}: this artifact has no ORT checkpoint (it was exported without "
+                             "onnxruntime-training); use the numba engine")
         checkpoint = api.CheckpointState.load_checkpoint(str(artifact.path(manifest["ort_checkpoint"])))
         self.state = OrtState(checkpoint, artifact.trainable)
         self._module = api.Module(str(artifact.path(manifest["graphs"]["training"])), checkpoint,

@@ -108,6 +108,8 @@ CASES = {
         p=(1, 2, 3, 3)), (2, 4, 5), 40),
     "relu": (lambda: nn.Sequential(nn.Linear(5, 4), nn.ReLU()), (5,), 4),
     "gelu": (lambda: nn.Sequential(nn.Linear(5, 4), nn.GELU()), (5,), 4),
+    # On tokens the bias is an Add of its own, which BiasGelu takes in.
+    "bias_gelu": (lambda: nn.Sequential(nn.Linear(4, 5), nn.GELU(), nn.Flatten()), (3, 4), 15),
     "softmax": (lambda: nn.Sequential(nn.Linear(5, 4), nn.Softmax(dim=-1)), (5,), 4),
     "layernorm": (lambda: nn.LayerNorm(5), (5,), 5),
     "reshape_transpose": (lambda: Op(lambda m, x: (x @ m.w).reshape(-1, 2, 3).transpose(1, 2).reshape(-1, 6),
@@ -123,6 +125,13 @@ CASES = {
     # No conv bias: batch normalisation cancels it, and its gradient is rounding noise around 0.
     "batchnorm": (lambda: nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), nn.BatchNorm2d(3), nn.Flatten()),
                   (2, 2, 2), 12),
+    "pad": (lambda: Op(lambda m, x: nn.functional.pad(x * m.w, (1, 2, 0, 1)).flatten(1), w=(3, 4)), (3, 4), 28),
+    "global_average_pool": (lambda: nn.Sequential(nn.Conv2d(2, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                            (2, 3, 3), 3),
+    "cast": (lambda: Op(lambda m, x: (x * m.w).double().float(), w=(5,)), (5,), 5),
+    # Dropout that cannot drop (ratio 0, as Hugging Face configurations export it): the identity.
+    "dropout_ratio_0": (lambda: Op(lambda m, x: nn.functional.dropout(x * m.w, 0.0, training=True), w=(5,)),
+                        (5,), 5),
 }
 
 
@@ -243,3 +252,35 @@ def test_lbp_rewrite_of_our_graph_matches_the_rewrite_of_orts(tmp_path, export_e
     (ours_table, (loss, grads)), (ort_table, (ref_loss, ref)) = runs
     assert ours_table == ort_table and [s for _, s in ours_table].count("rewritten") == 8
     _assert_same(loss, grads, ref_loss, ref)
+
+
+def test_dropout_gradient_is_the_masked_output_gradient():
+    """A Dropout that drops (ratio 0.5, training mode): our builder gives the forward its mask output, and the
+    weight's gradient is the closed form x * (softmax(logits) - onehot) / batch * mask / (1 - ratio), read with the
+    mask and logits the same pass drew."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(5).astype(np.float32)
+    nodes = [helper.make_node("Mul", ["input", "w"], ["h"], name="scale"),
+             helper.make_node("Dropout", ["h", "ratio", "training"], ["logits"], name="drop")]
+    graph = helper.make_graph(
+        nodes, "dropout", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 5])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 5])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
+         numpy_helper.from_array(np.array(True), "training")])
+    forward = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    training = build_training_graph(forward, ["w"], [])
+    training.graph.output.extend([onnx.ValueInfoProto(name="logits"), onnx.ValueInfoProto(name="drop_mask")])
+    x = rng.standard_normal((8, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, 8)
+    grad = np.full_like(w, np.nan)
+    feeds = {"input": x, ort_names.LABELS: labels, ort_names.LAZY_RESET: np.array([True]), "w": w,
+             ort_names.accumulation_buffer("w"): grad}
+    outputs = Graph(training, name="training graph").run(feeds)
+    logits, mask = outputs[-2], outputs[-1]
+    assert 0 < mask.mean() < 1
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    dlogits = (p - np.eye(5)[labels]) / 8
+    np.testing.assert_allclose(grad, (x * dlogits * mask * 2).sum(0), rtol=1e-5, atol=1e-7)

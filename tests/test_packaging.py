@@ -72,10 +72,9 @@ def test_readme_opens_with_two_commands_and_ci_runs_the_test_command():
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
-@pytest.mark.slow
-def test_core_install_alone_runs_the_device_path(tmp_path):
-    """A real venv with `pip install .` and no extras (pytest beside it): the device path imports, torch is not
-    there, and the fast suite passes with what needs the workstation side or Flower skipped, each with its reason."""
+def _core_venv(tmp_path):
+    """A real venv with `pip install .` and no extras (pytest beside it), checked to hold neither torch nor
+    onnxruntime; returns its python and the environment to run it in."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
@@ -90,6 +89,14 @@ def test_core_install_alone_runs_the_device_path(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "loaded: [] (3, 4)" in result.stdout
     assert "absent: ['torch', 'onnxruntime']" in result.stdout
+    return python, env
+
+
+@pytest.mark.slow
+def test_core_install_alone_runs_the_device_path(tmp_path):
+    """The core venv: the device path imports, torch is not there, and the fast suite passes with what needs the
+    workstation side or Flower skipped, each with its reason."""
+    python, env = _core_venv(tmp_path)
     # Run from outside the checkout, so that the installed package is the one imported (from the root, the source
     # folder edge_lbp/ would come first and, installed for real, has no runtime/ inside).
     suite = subprocess.run([python, "-m", "pytest", str(ROOT / "tests"), "-m", "not slow", "-q", "-p",
@@ -97,6 +104,48 @@ def test_core_install_alone_runs_the_device_path(tmp_path):
                            env=dict(env, NUMBA_CACHE_DIR=str(tmp_path / "numba")))
     assert suite.returncode == 0, suite.stdout[-5000:]
     assert re.search(r"\d+ passed", suite.stdout.splitlines()[-1]), suite.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_core_install_exports_an_onnx_file_with_orts_gradients(tmp_path):
+    """The core venv alone (no torch, no onnxruntime) runs `edge-lbp export model.onnx -o art` on vit-tiny's
+    forward and trains the artifact on the numba engine; its first pass's gradients equal those ONNX Runtime
+    training computes here on the artifact `--gradients ort` exports from the same file (1e-5)."""
+    pytest.importorskip("torch", reason="vit-tiny's forward is exported from torch")
+    pytest.importorskip("onnxruntime.training", reason="the reference gradients are ONNX Runtime training's")
+    import numpy as np
+    import onnx
+
+    from edge_lbp.export.exporter import load_model
+
+    onnx.save(load_model("vit-tiny")[0], tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((3, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 3)
+    np.savez(tmp_path / "batch.npz", x=x, y=y)
+    python, env = _core_venv(tmp_path)
+    export = subprocess.run([str(Path(python).with_name("edge-lbp")), "export", "model.onnx", "-o", "art"],
+                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1200)
+    assert export.returncode == 0, export.stderr[-3000:]
+    train = _python(textwrap.dedent("""
+        import numpy as np, edge_lbp
+        batch = np.load("batch.npz")
+        session = edge_lbp.load("art", "numba")
+        session.forward_backward(batch["x"], batch["y"])
+        np.savez("grads.npz", **session.gradients())
+        print("losses:", [session.train_step(batch["x"], batch["y"]) for _ in range(3)])
+    """), tmp_path, python)
+    assert train.returncode == 0, train.stderr[-3000:]
+    losses = [float(v) for v in train.stdout.split("losses:")[1].strip(" []\n").split(",")]
+    assert losses[-1] < losses[0]
+    edge_lbp.export_model(str(tmp_path / "model.onnx"), tmp_path / "ref", gradients="ort")
+    reference = edge_lbp.load(tmp_path / "ref", "ort")
+    reference.forward_backward(x, y)
+    ours = np.load(tmp_path / "grads.npz")
+    assert sorted(ours) == sorted(reference.artifact.trainable)
+    for name in reference.artifact.trainable:
+        want = reference.state.checkpoint.parameters[name].grad
+        scale = max(float(np.abs(want).max()), 1e-6)
+        np.testing.assert_allclose(ours[name], want, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
 
 
 def _python_examples():

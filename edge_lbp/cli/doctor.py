@@ -92,7 +92,7 @@ def _engines(to_fix: List[str]) -> dict:
         importlib.import_module("onnxruntime.training.api")
     except Exception as err:  # ImportError, or a wheel built for another CPU / glibc
         engines["ort"] = {"available": False, "detail": f"onnxruntime-training not importable ({err})"}
-        to_fix.append("the ort engine (reference) needs onnxruntime-training: pip install 'edge-lbp[export]'")
+        to_fix.append("the ort engine (reference) needs onnxruntime-training: pip install 'edge-lbp[ort]'")
     else:
         engines["ort"] = {"available": True, "detail": f"onnxruntime-training {_version('onnxruntime-training')}"}
     return engines
@@ -101,8 +101,8 @@ def _engines(to_fix: List[str]) -> dict:
 def _export(to_fix: List[str]) -> dict:
     torch = _version("torch") if importlib.util.find_spec("torch") else None
     if torch is None and platform.machine() in ORT_MACHINES:
-        to_fix.append("exporting models (edge-lbp export) needs torch: pip install 'edge-lbp[export]' "
-                      "(on a workstation; the device needs only the artifact folder)")
+        to_fix.append("exporting a PyTorch model (edge-lbp export) needs torch: pip install 'edge-lbp[export]' "
+                      "(an ONNX file exports without it; the device needs only the artifact folder)")
     return {"available": torch is not None, "torch": torch}
 
 

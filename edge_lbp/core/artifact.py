@@ -4,11 +4,11 @@ schema, and the one reader and verifier. numpy, onnx and safetensors only.
 Layout (every path in the manifest is relative to the folder, so the folder moves as a unit)::
 
     manifest.json          the schema below; ``checksums`` covers every other file
-    training_model.onnx    ORT's training graph after the LBP rewrite
-    eval_model.onnx        ORT's eval graph (forward + loss)
-    optimizer_model.onnx   ORT's optimizer graph (AdamWOptimizer or SGDOptimizerV2)
+    training_model.onnx    the training graph (in ORT's layout, ours or ORT's) after the LBP rewrite
+    eval_model.onnx        the eval graph (forward + loss)
+    optimizer_model.onnx   the optimizer graph (AdamWOptimizer or SGDOptimizerV2)
     params.safetensors     every parameter, trainable and frozen, float32 (readable without ONNX Runtime)
-    ort/checkpoint         ORT's own checkpoint (what the ``ort`` engine loads)
+    ort/checkpoint         ORT's own checkpoint (what the ``ort`` engine loads), where the export had ORT-training
 
 The exporter (``edge_lbp.export.writer``) writes through the names defined here; the engines, the trainer, the
 data readers and the inference export read through :class:`Artifact` and :func:`logits_output`.

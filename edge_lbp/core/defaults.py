@@ -11,6 +11,7 @@ EXPORT_BLOCK = AUTO  # what an export uses by default (README "Adaptation accura
 ENERGY_EVERY = 8  # energy:r measures each layer's output-gradient energy, and re-selects, every this many passes
 ENERGY_DECAY = 0.8  # weight of the running average's past at each measurement
 OPTIMIZERS = ("adamw", "sgd")  # what an export can put in the optimizer graph (export.training builds them)
-# Who builds an export's training and eval graphs: ORT's artifact generator (the default, for now) or our builder
-# (edge_lbp.core.gradients, experimental; ORT still writes the optimizer graph and the checkpoint).
-GRADIENTS = ("ort", "own")
+# Who builds an export's training, eval and optimizer graphs: our builder (edge_lbp.core.gradients: numpy and onnx
+# only) or onnxruntime-training's artifact generator, the oracle the tests compare ours with (the ort extra).
+GRADIENTS = ("own", "ort")
+EXPORT_GRADIENTS = "own"  # what an export uses by default

@@ -13,8 +13,10 @@ from onnx import helper, numpy_helper
 
 from edge_lbp.core import ops, ort_names
 from edge_lbp.core.gradients import registry
-from edge_lbp.core.gradients.forward import constant_values, fuse_gelu, inference_batchnorm, stash_batchnorm
+from edge_lbp.core.gradients.forward import (constant_values, fuse_bias_gelu, fuse_gelu, inference_batchnorm,
+                                             inference_dropout, mask_dropout, stash_batchnorm)
 from edge_lbp.core.gradients.registry import GradientError
+from edge_lbp.core.ops import MAX_IR_VERSION
 from edge_lbp.core.ops import MICROSOFT as MS
 
 # ORT's loss block names the loss node and its outputs with a running counter (these for a small MLP; vit-tiny
@@ -58,9 +60,14 @@ class NodeGradient:
             raise self.error(f"element type of {name!r} is unknown")
         return elem
 
+    @property
+    def values(self):
+        """The forward's constants by name (initializers and Constant outputs), as arrays."""
+        return self._builder.values
+
     def const_value(self, name):
         """The value of a constant input (an initializer or a Constant node's output), or raise."""
-        value = self._builder.values.get(name)
+        value = self.values.get(name)
         if value is None:
             raise self.error(f"{name!r} is not a constant")
         return value.tolist()
@@ -117,7 +124,7 @@ class Builder:
     constants appended so far."""
 
     def __init__(self, model):
-        self.forward = stash_batchnorm(fuse_gelu(model))
+        self.forward = mask_dropout(stash_batchnorm(fuse_bias_gelu(fuse_gelu(model))))
         inferred = onnx.shape_inference.infer_shapes(model)
         self.shapes = {vi.name: _shape(vi) for vi in (*inferred.graph.value_info, *inferred.graph.input,
                                                      *inferred.graph.output)}
@@ -279,20 +286,21 @@ def build_training_graph(model, trainable, frozen):
     opsets += [helper.make_opsetid("", _onnx_opset(b.forward)), helper.make_opsetid(MS, 1)]
     if any(n.domain == ops.DOMAIN for n in b.nodes) and not any(o.domain == ops.DOMAIN for o in opsets):
         opsets.append(helper.make_opsetid(ops.DOMAIN, ops.OPSET))  # a rule emitted one of ours (ResizeGrad)
-    return helper.make_model(training, opset_imports=opsets, ir_version=b.forward.ir_version)
+    return helper.make_model(training, opset_imports=opsets, ir_version=min(b.forward.ir_version, MAX_IR_VERSION))
 
 
 def build_eval_graph(model, trainable, frozen):
     """The eval ModelProto of forward ``model``, as ORT's artifact generator lays it out: the training graph's
     inputs up to the parameters, the forward nodes (BatchNormalization on its running statistics) and the mean
-    loss on the logits, the loss the only output (the engines cut the graph down to the logits themselves)."""
+    loss on the logits, the loss the only output (the engines cut the graph down to the logits themselves); a
+    Dropout passes its input through."""
     trainable, frozen = _parameters(model, trainable, frozen)
     graph = model.graph
     inputs, kept = _inputs(graph, trainable, frozen)
-    nodes = [*inference_batchnorm(graph.node), _loss(graph.output[0].name)]
+    nodes = [*inference_dropout(inference_batchnorm(graph.node)), _loss(graph.output[0].name)]
     outputs = [helper.make_tensor_value_info(LOSS, onnx.TensorProto.FLOAT, [])]
     return helper.make_model(helper.make_graph(nodes, graph.name, inputs, outputs, kept),
-                             opset_imports=model.opset_import, ir_version=model.ir_version)
+                             opset_imports=model.opset_import, ir_version=min(model.ir_version, MAX_IR_VERSION))
 
 
 def _onnx_opset(model):

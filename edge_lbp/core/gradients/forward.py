@@ -4,9 +4,14 @@
   ``Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)``; differentiating those five nodes one by one would need an
   ``Erf`` gradient (``exp``, which the engine lacks) and keep four temporaries per GELU alive for the backward.
   ``GeluGrad`` needs only ``x``.
+- ``Gelu(Add(x, b))`` with a bias vector ``b`` becomes ``com.microsoft::BiasGelu(x, b)``: its gradient
+  ``BiasGeluGrad_dX`` and the bias gradient's ``ReduceSum`` are what the engine's ``BiasGeluGradSum`` pass fuses
+  (the bias gradient summed while the input gradient is written).
 - A training-mode ``BatchNormalization`` becomes ``com.microsoft::BatchNormInternal``, which also outputs the
   batch mean and inverse standard deviation that ``BatchNormalizationGrad`` reads (named as ORT names it).
-- For the eval graph, a training-mode ``BatchNormalization`` normalises with its running statistics instead.
+- A ``Dropout`` that can drop gets its mask output (``<node>_mask``), which ``DropoutGrad`` reads.
+- For the eval graph, a training-mode ``BatchNormalization`` normalises with its running statistics instead, and a
+  ``Dropout`` loses its ``training_mode`` input (so it passes its input through), as ORT's eval graphs have them.
 """
 import math
 
@@ -72,6 +77,33 @@ def fuse_gelu(model):
     return _with_nodes(model, [n for n in nodes if n.op_type != "Constant" or n.output[0] in read])
 
 
+def fuse_bias_gelu(model):
+    """A copy of ``model`` in which every ``Gelu(Add(x, b))``, ``b`` a 1-D initializer of more than one element and
+    the sum read by the Gelu alone, is one ``BiasGelu(x, b)`` (named as the Gelu, ``Gelu`` -> ``BiasGelu``)."""
+    graph = model.graph
+    vectors = {t.name for t in graph.initializer if len(t.dims) == 1 and t.dims[0] > 1}
+    producer = {o: n for n in graph.node for o in n.output}
+    reads = {}
+    for name in [i for n in graph.node for i in n.input] + [o.name for o in graph.output]:
+        reads[name] = reads.get(name, 0) + 1
+    replaced, fused = {}, set()
+    for gelu in graph.node:
+        add = producer.get(gelu.input[0]) if gelu.op_type == "Gelu" and gelu.domain == MS else None
+        if add is None or add.op_type != "Add" or add.domain or reads[add.output[0]] != 1:
+            continue
+        bias = next((i for i in add.input if i in vectors), None)
+        if bias is None or list(add.input).count(bias) != 1:
+            continue
+        x = add.input[1] if add.input[0] == bias else add.input[0]
+        scope, slash, last = gelu.name.rpartition("/")
+        replaced[id(gelu)] = helper.make_node("BiasGelu", [x, bias], [gelu.output[0]], domain=MS,
+                                              name=scope + slash + last.replace("Gelu", "BiasGelu", 1))
+        fused.add(id(add))
+    if not replaced:
+        return model
+    return _with_nodes(model, [replaced.get(id(n), n) for n in graph.node if id(n) not in fused])
+
+
 def stash_batchnorm(model):
     """A copy of ``model`` with every training-mode BatchNormalization ``B`` replaced by ``B_BatchNormInternal``
     (the same inputs and outputs, plus ``B_saved_mean`` and ``B_saved_inv_std``)."""
@@ -90,6 +122,29 @@ def stash_batchnorm(model):
     return _with_nodes(model, nodes) if changed else model
 
 
+def dropout_is_identity(node, values):
+    """Whether a Dropout passes its input through unchanged: outside training mode (no ``training_mode`` input, or
+    a constant false one) or at a constant ratio 0 (``values``: ``constant_values``)."""
+    ratio = node.input[1] if len(node.input) > 1 else ""
+    mode = node.input[2] if len(node.input) > 2 else ""
+    return not mode or _is(values, mode, 0) or bool(ratio and _is(values, ratio, 0.0))
+
+
+def mask_dropout(model):
+    """A copy of ``model`` in which every Dropout that can drop outputs its mask (``<node>_mask`` where the
+    forward did not ask for it)."""
+    values = constant_values(model.graph)
+    nodes, changed = [], False
+    for node in model.graph.node:
+        if node.op_type == "Dropout" and not node.domain and not dropout_is_identity(node, values) and (
+                len(node.output) < 2 or not node.output[1]):
+            node = helper.make_node("Dropout", list(node.input), [node.output[0], f"{node.name}_mask"],
+                                    name=node.name, **{a.name: helper.get_attribute_value(a) for a in node.attribute})
+            changed = True
+        nodes.append(node)
+    return _with_nodes(model, nodes) if changed else model
+
+
 def inference_batchnorm(nodes):
     """``nodes`` with every training-mode BatchNormalization in inference mode (``training_mode=0``), its
     running-statistics outputs dropped: an inference-mode node has one output (ONNX shape inference rejects more)."""
@@ -103,6 +158,17 @@ def inference_batchnorm(nodes):
             raise ValueError(f"{node.name}: running-statistics outputs are consumed; no inference-mode eval graph")
         nodes[k] = helper.make_node("BatchNormalization", list(node.input), [node.output[0]], name=node.name,
                                     **{**attrs, "training_mode": 0})
+    return nodes
+
+
+def inference_dropout(nodes):
+    """``nodes`` with every Dropout's ``training_mode`` input dropped: ONNX's default, inference, passes the input
+    through."""
+    nodes = list(nodes)
+    for k, node in enumerate(nodes):
+        if node.op_type == "Dropout" and not node.domain and len(node.input) > 2:
+            nodes[k] = helper.make_node("Dropout", list(node.input[:2]), list(node.output), name=node.name,
+                                        **{a.name: helper.get_attribute_value(a) for a in node.attribute})
     return nodes
 
 

@@ -7,6 +7,7 @@ was broadcast along (``NodeGradient.reduce_to``).
 """
 import math
 
+from edge_lbp.core.gradients.forward import dropout_is_identity
 from edge_lbp.core.gradients.registry import rule
 from edge_lbp.core.ops import MICROSOFT as MS
 
@@ -81,22 +82,6 @@ def tanh(g):
     g.set(0, g.emit("TanhGrad", [g.dy(), g.y()], domain=MS)[0])
 
 
-@rule("Cast")
-def cast(g):
-    """The gradient cast back to the input's type (only a float input carries one)."""
-    g.set(0, g.emit("Cast", [g.dy()], to=g.elem_type(g.x(0)))[0])
-
-
-@rule("Dropout")
-def dropout(g):
-    """``DropoutGrad(dY, mask, ratio, training_mode)``; a Dropout without a mask output is the identity
-    (``onnx_export.train_mode_dropout`` gives every training-mode Dropout its mask)."""
-    if len(g.node.output) < 2 or not g.node.output[1]:
-        g.set(0, g.dy())
-        return
-    g.set(0, g.emit("DropoutGrad", [g.dy(), g.y(1), *g.node.input[1:3]], domain=MS)[0])
-
-
 @rule("Neg")
 def neg(g):
     g.set(0, g.emit("Neg", [g.dy()])[0])
@@ -105,6 +90,22 @@ def neg(g):
 @rule("Identity")
 def identity(g):
     g.set(0, g.dy())
+
+
+@rule("Dropout")
+def dropout(g):
+    """The identity where nothing can drop; else ``dY * mask / (1 - ratio)`` (``DropoutGrad`` reads the mask the
+    forward outputs: ``forward.mask_dropout``)."""
+    if dropout_is_identity(g.node, g.values):
+        g.set(0, g.dy())
+        return
+    g.set(0, g.emit("DropoutGrad", [g.dy(), *g.node.output[1:2], *g.node.input[1:3]], domain=MS)[0])
+
+
+@rule("Cast")
+def cast(g):
+    """The gradient cast back to the input's type (only a float input carries one)."""
+    g.set(0, g.emit("Cast", [g.dy()], to=g.elem_type(g.x(0)))[0])
 
 
 @rule("Where", inputs=(1, 2))
@@ -125,6 +126,16 @@ def relu(g):
 @rule("Gelu", MS)
 def gelu(g):
     g.set(0, g.emit("GeluGrad", [g.dy(), g.x(0)], domain=MS)[0])
+
+
+@rule("BiasGelu", MS, inputs=(0, 1))
+def bias_gelu(g):
+    """``Y = gelu(X + b)``: ``dX = BiasGeluGrad_dX(dY, X, b)``, ``db`` its sum over every axis but the last."""
+    dx = g.emit("BiasGeluGrad_dX", [g.dy(), g.x(0), g.x(1)], domain=MS)[0]
+    if g.wants(0):
+        g.set(0, dx)
+    if g.wants(1):
+        g.set(1, g.reduce_to(dx, g.shape(g.x(0)), 1))
 
 
 @rule("Softmax")

@@ -13,6 +13,7 @@ from edge_lbp.core.ops import MICROSOFT as MS
 # shape): their outputs do not depend differentiably on anything.
 no_gradient("Shape", "Size", "Constant", "ConstantOfShape", "Equal", "Less", "Greater", "GreaterOrEqual",
             "LessOrEqual", "Not", "And", "Or", "Range", "RandomUniformLike", "RandomNormalLike", "Bernoulli")
+no_gradient("Mod")  # integer arithmetic on sizes (Hugging Face Swin's window padding)
 
 
 def _shape_of(g, i=0):
@@ -117,3 +118,27 @@ def reduce_mean(g):
         ratio = g.emit("Div", [g.emit("Size", [g.x(0)])[0], g.emit("Size", [g.y()])[0]])[0]
         count = g.emit("Cast", [ratio], to=onnx.TensorProto.FLOAT)[0]
     g.set(0, g.emit("Div", [_spread(g, axes), count])[0])
+
+
+@rule("Pad")
+def pad(g):
+    """Constant padding: the gradient is the output gradient without the padded margins, a Slice from the leading
+    pads over the input's extent. The pads are read at run time (torch computes them from shapes); pads that crop
+    (negative) are not supported."""
+    mode = g.attrs.get("mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        raise g.error(f"padding mode {mode!r} is not supported (constant only)")
+    if len(g.node.input) > 3 and g.node.input[3]:
+        raise g.error("padding selected axes (the axes input) is not supported")
+    rank = len(g.shape(g.x(0)))
+    pads = g.x(1) if len(g.node.input) > 1 else g.const("pads", g.attrs["pads"])
+    starts = g.emit("Slice", [pads, g.const("first", [0]), g.const("rank", [rank])])[0]
+    ends = g.emit("Add", [starts, _shape_of(g)])[0]
+    g.set(0, g.emit("Slice", [g.dy(), starts, ends])[0])
+
+
+@rule("GlobalAveragePool")
+def global_average_pool(g):
+    """The mean over every axis after the channels, kept: ReduceMean's gradient over those axes."""
+    g.attrs = {"axes": list(range(2, len(g.shape(g.x(0))))), "keepdims": 1}
+    reduce_mean(g)
