@@ -129,10 +129,10 @@ def _export(tmp_path, family, lbp="none"):
 
         source = build(family[3:])
     else:
-        source = {"mha": mha_vit}.get(family, family.removesuffix(":own"))
+        source = mha_vit() if family == "mha" else family.removesuffix(":own")
     options = {**(dict(gradients="own") if family.endswith(":own") else {}),
                **(dict(input_shape=(3, 32, 32)) if family == "mha" else {})}
-    edge_lbp.export_model(source() if callable(source) else source, tmp_path, lbp=lbp, optimizer="sgd", lr=0.05,
+    edge_lbp.export_model(source, tmp_path, lbp=lbp, optimizer="sgd", lr=0.05,
                           **options)
     return onnx.load(str(tmp_path / "training_model.onnx"))
 
@@ -170,9 +170,11 @@ def test_family_trains_as_the_unfused_graph(tmp_path, monkeypatch, family, lbp):
     assert ops.ATTENTION not in {s.op_type for s in plain_session.training.steps}
     for (loss, grads), (want_loss, want_grads) in zip(fused, plain):
         assert abs(loss - want_loss) <= 1e-5 * abs(want_loss)
+        largest = max(np.abs(g).max() for g in want_grads.values())
         for name, grad in grads.items():
             want = want_grads[name]
-            scale = 1e-3 if name.endswith(ZERO_GRADIENT) else np.abs(want).max()
+            # An exactly-zero gradient is rounding noise in both graphs: bounded against the step's largest.
+            scale = largest if name.endswith(ZERO_GRADIENT) else np.abs(want).max()
             np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
     monkeypatch.undo()
     measured = compare_engines(tmp_path, (3, 32, 32), classes)
