@@ -121,15 +121,17 @@ def test_pass_leaves_other_graphs_alone(model):
 
 
 def _export(tmp_path, family, lbp="none"):
-    from factory_models import mha_vit
-
     pytest.importorskip("onnxruntime.training", reason="the export extra is not installed")
     if family.startswith("hf-"):
         from test_export_hf import build
 
         source = build(family[3:])
+    elif family == "mha":
+        from factory_models import mha_vit
+
+        source = mha_vit()
     else:
-        source = mha_vit() if family == "mha" else family.removesuffix(":own")
+        source = family.removesuffix(":own")
     options = {**(dict(gradients="own") if family.endswith(":own") else {}),
                **(dict(input_shape=(3, 32, 32)) if family == "mha" else {})}
     edge_lbp.export_model(source, tmp_path, lbp=lbp, optimizer="sgd", lr=0.05,
