@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from edge_lbp.core import ops
-from edge_lbp.runtime.kernels.activation import _exp, _max
+from edge_lbp.runtime.kernels.activation import exp32, max32
 from edge_lbp.runtime.kernels.common import ONE, ZERO
 from edge_lbp.runtime.registry import register
 
@@ -85,10 +85,10 @@ def _probabilities(s, row_max, row_sum, stats):
         if stats:
             peak = row[0]
             for j in range(1, m):
-                peak = _max(peak, row[j])
+                peak = max32(peak, row[j])
             total = ZERO
             for j in range(m):
-                e = _exp(row[j] - peak)
+                e = exp32(row[j] - peak)
                 row[j] = e
                 total += e
             row_max[i] = peak
@@ -96,7 +96,7 @@ def _probabilities(s, row_max, row_sum, stats):
         else:
             peak, total = row_max[i], row_sum[i]
             for j in range(m):
-                row[j] = _exp(row[j] - peak)
+                row[j] = exp32(row[j] - peak)
         inv = ONE / total
         for j in range(m):
             row[j] *= inv
