@@ -1,12 +1,16 @@
 """Time the fused attention kernels against the unfused ops and against per-tile BLAS (a script, not a test).
 
     python tests/benchmarks/bench_attention.py [--shape deit-s16:32 deit-ti16:8] [--repeats 10] [--threads 2]
+    python tests/benchmarks/bench_attention.py --artifact FOLDER --batch 32 [--repeats 4] [--threads 2]
 
 Per shape (image, heads, 197 tokens, head dim 64), the forward and backward of one attention block: ``unfused`` is
 the engine's kernels for the ops the pass replaces (stacked MatMul, Softmax, MatMul; FusedMatMul x 4, SoftmaxGrad),
 ``fused`` the ``edge_lbp::Attention`` and ``AttentionGrad`` kernels, ``blas`` the same fused loop with ``np.dot`` on
 each tile inside Numba (needs SciPy: Numba's BLAS comes from ``scipy.linalg.cython_blas``; skipped without it, e.g.
 ``pip install --target DIR scipy`` and ``PYTHONPATH=DIR``). Configurations alternate; medians and ratios printed.
+With ``--artifact`` (an exported training artifact): the artifact loaded twice in this process, with and
+without the pass, forward and backward passes alternated: the pass's time, the attention ops' time (the nodes the
+pass replaces, from the engine's trace) and the peak bytes of the intermediates (``LiveBytes``).
 """
 import argparse
 import time
@@ -78,12 +82,50 @@ def _unfused(q, kt, v, dout, scale):
     return linear.matmul(ds, kt.swapaxes(-1, -2)), linear.matmul((q * scale).swapaxes(-1, -2), ds), dv
 
 
+def artifact_ab(folder, batch, repeats, threads):
+    import edge_lbp
+    from edge_lbp.core import ops
+    from edge_lbp.runtime import passes
+    from edge_lbp.runtime.graph import LiveBytes
+
+    sessions = {"fused": edge_lbp.load(folder, "numba", threads=threads)}
+    keep, passes.fuse_attention = passes.fuse_attention, lambda model: model
+    try:
+        sessions["unfused"] = edge_lbp.load(folder, "numba", threads=threads)
+    finally:
+        passes.fuse_attention = keep
+    kept = {s.name for s in sessions["fused"].training.steps}
+    replaced = {s.name for s in sessions["unfused"].training.steps if s.name not in kept or s.op_type == "Softmax"}
+    rng = np.random.default_rng(0)
+    shape = sessions["fused"].artifact.manifest["inputs"][0]["shape"][1:]
+    x, y = rng.standard_normal((batch, *shape)).astype(np.float32), rng.integers(0, 10, batch)
+    results = {name: {"pass": [], "attention": [], "intermediates": []} for name in sessions}
+    for rep in range(repeats + 1):  # the first pair warms up
+        for name in (list(sessions) if rep % 2 == 0 else list(sessions)[::-1]):
+            trace, meter = [], LiveBytes()
+            start = time.perf_counter()
+            sessions[name].forward_backward(x, y, trace=trace, meter=meter)
+            took = time.perf_counter() - start
+            attention = sum(t1 - t0 for _, op, node, t0, t1 in trace
+                            if (op in (ops.ATTENTION, ops.ATTENTION_GRAD) if name == "fused" else node in replaced))
+            if rep:
+                for key, value in (("pass", took), ("attention", attention), ("intermediates", meter.peak / 2**20)):
+                    results[name][key].append(value)
+    for key, unit in (("pass", "s"), ("attention", "s"), ("intermediates", "MB")):
+        fused, unfused = (np.median(results[name][key]) for name in ("fused", "unfused"))
+        print(f"{key:14s} fused {fused:9.3f} {unit}  unfused {unfused:9.3f} {unit}  ratio {fused / unfused:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", nargs="+", default=["deit-s16:32", "deit-ti16:8"], help="PRESET:BATCH")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--artifact", help="an exported training artifact: the in-process A/B")
+    parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
+    if args.artifact:
+        return artifact_ab(args.artifact, args.batch, args.repeats, args.threads)
     if args.threads:
         numba.set_num_threads(args.threads)
         from threadpoolctl import threadpool_limits
