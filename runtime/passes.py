@@ -3,6 +3,7 @@ import onnx
 from onnx import numpy_helper
 
 from edge_lbp.core import ops
+from edge_lbp.runtime.attention_pass import fuse_attention
 
 
 def _attribute(node, name, default):
@@ -202,4 +203,5 @@ def add_into_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def training_passes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Every pass above, as the numba session applies them to a training graph."""
-    return add_into_matmul(accumulate_in_place(fold_transpose_into_gemm(sum_bias_gradient_with_gelu_grad(model))))
+    return fuse_attention(
+        add_into_matmul(accumulate_in_place(fold_transpose_into_gemm(sum_bias_gradient_with_gelu_grad(model)))))

@@ -50,6 +50,12 @@ BIAS_GELU_GRAD_SUM = "BiasGeluGradSum"
 # Not in artifacts (runtime.passes.add_into_matmul): ``MatMulAdd(a, b, bias, residual?) -> y`` is
 # ``Add(Add(MatMul(a, b), bias), residual)``, the adds done in place on the product.
 MATMUL_ADD = "MatMulAdd"
+# Not in artifacts (runtime.attention_pass): ``Attention(q, kt, v) -> (out, row_max, row_sum)`` is
+# ``MatMul(Softmax(scale * MatMul(q, kt)), v)`` with the softmax rows' max and sum of exponentials, attribute
+# ``scale``; ``AttentionGrad(dout, q, kt, v, row_max, row_sum) -> (dq, dkt, dv)`` its gradient, the
+# probabilities recomputed from the row statistics.
+ATTENTION = "Attention"
+ATTENTION_GRAD = "AttentionGrad"
 # ORT leaves an unread gradient output nameless; an ONNX function call needs every output named, so the rewrite
 # names it with this marker and the engine skips computing it.
 UNUSED_OUTPUT = "/wht_unused_"

@@ -68,14 +68,14 @@ def _llvm_binary(name):
     return call
 
 
-_max = _llvm_binary("llvm.maxnum.f32")
+max32 = _llvm_binary("llvm.maxnum.f32")
 _min = _llvm_binary("llvm.minnum.f32")
 
 
 @njit(inline="always", fastmath=True)
-def _exp(x):
+def exp32(x):
     """exp of a float32: 2^n * e^r with |r| <= ln2 / 2, e^r by Cephes' expf polynomial, 2^n built from its bits."""
-    x = _min(_max(x, np.float32(-87.3)), np.float32(88.0))
+    x = _min(max32(x, np.float32(-87.3)), np.float32(88.0))
     n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
     r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
     p = np.float32(1.9875691500e-4)
@@ -100,7 +100,7 @@ def _erf_gauss(x):
     t = ONE / (ONE + np.float32(0.3275911) * a)
     poly = t * (np.float32(0.254829592) + t * (np.float32(-0.284496736) + t * (np.float32(1.421413741)
                 + t * (np.float32(-1.453152027) + t * np.float32(1.061405429)))))
-    gauss = _exp(-a2)
+    gauss = exp32(-a2)
     return math.copysign(small if a < _HALF else ONE - poly * gauss, x), gauss
 
 
@@ -116,10 +116,10 @@ def softmax_rows(x):
     for r in prange(rows):
         peak = x[r, 0]
         for c in range(1, m):
-            peak = _max(peak, x[r, c])
+            peak = max32(peak, x[r, c])
         total = ZERO
         for c in range(m):
-            e = _exp(x[r, c] - peak)
+            e = exp32(x[r, c] - peak)
             y[r, c] = e
             total += e
         inv = ONE / total

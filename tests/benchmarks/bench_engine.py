@@ -8,7 +8,8 @@ per process), in rounds that alternate the configurations (A, B, C, ... A, B, C,
 configuration and medians compared. P6 times ``vit-tiny`` from process start to its first training step done,
 with an empty Numba cache (cold) and then with the cache that run filled (warm), alternated the same way.
 The numba engine runs twice: ``numba`` with its default threads (tuned per pass, up to all cores) and
-``numba-fixed`` with ``--threads`` like the other engines. ``--busy 1`` keeps one core busy with a spinning process
+``numba-fixed`` with ``--threads`` like the other engines; ``--engines ... numba-unfused-attn`` adds ``numba``
+without the fused-attention pass (the pass's A/B, alternated with the others). ``--busy 1`` keeps one core busy with a spinning process
 for the whole run. ``--engines ... executorch`` adds ExecuTorch's training runtime (``pip install
 executorch==1.5.*``). Usage:
 
@@ -27,7 +28,9 @@ import time
 from pathlib import Path
 
 # "numba" runs with the engine's default threads (tuned per pass, up to all cores); "numba-fixed" with --threads.
-CONFIGS = [("numba", "none"), ("numba", "lp-tri:4"), ("numba", "lp-tri:6"), ("numba-fixed", "none"),
+# "numba-unfused-attn" is "numba" without the fused-attention pass (runtime.attention_pass), its A/B.
+CONFIGS = [("numba", "none"), ("numba", "lp-tri:4"), ("numba", "lp-tri:6"), ("numba-unfused-attn", "none"),
+           ("numba-unfused-attn", "lp-tri:4"), ("numba-fixed", "none"),
            ("numba-fixed", "lp-tri:4"), ("ort", "none"), ("ort", "lp-tri:4"), ("torch", "none"),
            ("executorch", "none")]
 PEERS = ("torch", "executorch")  # engines that train the preset module itself, not an exported artifact
@@ -69,9 +72,13 @@ def worker(folder, engine, args):
         return executorch_worker(folder, args)
     import edge_lbp
 
+    if engine == "numba-unfused-attn":
+        from edge_lbp.runtime import passes
+
+        passes.fuse_attention = lambda model: model
     start = time.perf_counter()
-    threads = None if engine == "numba" else args.threads or os.cpu_count()
-    session = edge_lbp.load(folder, "numba" if engine == "numba-fixed" else engine, threads=threads)
+    threads = None if engine in ("numba", "numba-unfused-attn") else args.threads or os.cpu_count()
+    session = edge_lbp.load(folder, engine if engine in ("ort", "numba") else "numba", threads=threads)
     load_s = time.perf_counter() - start
     x, y = _inputs(session.artifact.manifest["inputs"][0]["shape"][1:], args.batch)
     after_load = psutil.Process().memory_info().rss
@@ -256,6 +263,11 @@ def report(args, runs, paths, startup):
         ("T2 numba lp-tri:4 / torch none (goal <= 0.6)", med, ("numba", "lp-tri:4"), ("torch", "none")),
         ("P1 numba lp-tri:4 / numba none (goal <= 0.55)", med, ("numba", "lp-tri:4"), ("numba", "none")),
         ("P1 numba lp-tri:6 / numba none", med, ("numba", "lp-tri:6"), ("numba", "none")),
+        ("   numba none / numba-unfused-attn none (fused attention)", med, ("numba", "none"),
+         ("numba-unfused-attn", "none")),
+        ("   numba lp-tri:4 / numba-unfused-attn lp-tri:4", med, ("numba", "lp-tri:4"),
+         ("numba-unfused-attn", "lp-tri:4")),
+        ("   peak RSS numba none / numba-unfused-attn none", peak, ("numba", "none"), ("numba-unfused-attn", "none")),
         ("   numba none / numba-fixed none (tuned / fixed threads)", med, ("numba", "none"), ("numba-fixed", "none")),
         ("   numba lp-tri:4 / numba-fixed lp-tri:4", med, ("numba", "lp-tri:4"), ("numba-fixed", "lp-tri:4")),
         ("T1 at fixed threads: numba-fixed none / torch none", med, ("numba-fixed", "none"), ("torch", "none")),
@@ -294,8 +306,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--engines", nargs="+", default=["numba", "numba-fixed", "ort", "torch"],
-                        choices=["numba", "numba-fixed", "ort", "torch", "executorch"],
-                        help="executorch: its training runtime, single-threaded portable kernels (slow; opt-in)")
+                        choices=["numba", "numba-unfused-attn", "numba-fixed", "ort", "torch", "executorch"],
+                        help="numba-unfused-attn: numba without the fused-attention pass (opt-in A/B); "
+                             "executorch: its training runtime, single-threaded portable kernels (slow; opt-in)")
     parser.add_argument("--lbp", nargs="+", default=["none", "lp-tri:4", "lp-tri:6"],
                         help="backward configurations of the exported engines (default: none lp-tri:4 lp-tri:6)")
     parser.add_argument("--threads", type=int, default=None,
