@@ -201,5 +201,8 @@ def add_into_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def training_passes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every pass above, as the numba session applies them to a training graph."""
-    return add_into_matmul(accumulate_in_place(fold_transpose_into_gemm(sum_bias_gradient_with_gelu_grad(model))))
+    """Every pass above and ``runtime.norm_passes``, as the numba session applies them to a training graph."""
+    from edge_lbp.runtime.norm_passes import norm_passes  # (that module builds on this one's helpers)
+
+    return norm_passes(add_into_matmul(accumulate_in_place(fold_transpose_into_gemm(
+        sum_bias_gradient_with_gelu_grad(model)))))

@@ -47,6 +47,14 @@ BIAS_GELU_GRAD_SUM = "BiasGeluGradSum"
 # Not in artifacts (runtime.passes.add_into_matmul): ``MatMulAdd(a, b, bias, residual?) -> y`` is
 # ``Add(Add(MatMul(a, b), bias), residual)``, the adds done in place on the product.
 MATMUL_ADD = "MatMulAdd"
+# Not in artifacts (runtime.passes.layer_norm_into_matmul_add): ``MatMulAddLayerNorm(a, b, bias, residual?, scale,
+# ln_bias?) -> (s, y, mean?, inv_std?)`` is ``s = MatMulAdd(a, b, bias, residual)`` and
+# ``LayerNormalization(s, scale, ln_bias)`` (its attributes) in one pass over the rows.
+MATMUL_ADD_LAYER_NORM = "MatMulAddLayerNorm"
+# Not in artifacts (runtime.norm_passes): ``LayerNormalizationGradAdd(dy, x, scale, mean, inv_std, addend?) -> (dx,
+# dscale, dbias, dsum?)`` is com.microsoft's ``LayerNormalizationGrad`` with ``addend`` (the residual stream's
+# other gradient) added to its input gradient, and ``dsum`` that total's ``ReduceSum`` over ``axes``.
+LAYER_NORM_GRAD_ADD = "LayerNormalizationGradAdd"
 # ORT leaves an unread gradient output nameless; an ONNX function call needs every output named, so the rewrite
 # names it with this marker and the engine skips computing it.
 UNUSED_OUTPUT = "/wht_unused_"
