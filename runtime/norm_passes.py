@@ -5,7 +5,7 @@ of these ops read or wrote once more unfused."""
 import onnx
 
 from edge_lbp.core import ops
-from edge_lbp.runtime.passes import _attribute, _readers, _reduced_axes, _with_nodes
+from edge_lbp.runtime.graph_edits import readers, reduced_axes, with_nodes
 
 
 def _producers(graph):
@@ -51,7 +51,7 @@ def layer_norm_into_matmul_add(model: onnx.ModelProto) -> onnx.ModelProto:
         dropped.add(id(node))
     if not fused:
         return model
-    return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
+    return with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
 
 
 def residual_gradient_into_layer_norm_grad(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -63,7 +63,7 @@ def residual_gradient_into_layer_norm_grad(model: onnx.ModelProto) -> onnx.Model
     the Sum reads, and a ``g`` computed before the norm gradient, are fused.
     """
     graph = model.graph
-    readers = _readers(graph)
+    counts = readers(graph)
     outputs = {o.name for o in graph.output}
     producer = _producers(graph)
     fused, dropped = {}, set()
@@ -74,7 +74,7 @@ def residual_gradient_into_layer_norm_grad(model: onnx.ModelProto) -> onnx.Model
             name, other = node.input[side], _through_identity(node.input[1 - side], producer)
             index, grad = producer.get(name, (None, None))
             if (grad is None or not _is(grad, ops.MICROSOFT, "LayerNormalizationGrad") or grad.output[0] != name
-                    or readers.get(name) != 1 or name in outputs or id(grad) in fused
+                    or counts.get(name) != 1 or name in outputs or id(grad) in fused
                     or producer.get(other, (-1,))[0] >= index):
                 continue
             new = onnx.helper.make_node(ops.LAYER_NORM_GRAD_ADD, [*grad.input[:5], other],
@@ -85,7 +85,7 @@ def residual_gradient_into_layer_norm_grad(model: onnx.ModelProto) -> onnx.Model
             break
     if not fused:
         return model
-    return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
+    return with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
 
 
 def bias_gradient_into_layer_norm_grad(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -105,7 +105,7 @@ def bias_gradient_into_layer_norm_grad(model: onnx.ModelProto) -> onnx.ModelProt
         if not _is(node, "", "ReduceSum") or not node.input:
             continue
         _, source = producer.get(_through_identity(node.input[0], producer), (None, None))
-        axes = _reduced_axes(node, initializers)
+        axes = reduced_axes(node, initializers)
         if (source is None or axes is None or id(source) in fused
                 or not (_is(source, ops.DOMAIN, ops.LAYER_NORM_GRAD_ADD)
                         or _is(source, ops.MICROSOFT, "LayerNormalizationGrad"))):
@@ -119,7 +119,7 @@ def bias_gradient_into_layer_norm_grad(model: onnx.ModelProto) -> onnx.ModelProt
         dropped.add(id(node))
     if not fused:
         return model
-    return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
+    return with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
 
 
 def norm_passes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,28 +1,13 @@
 """Graph passes the device applies at load time (graph in, graph out)."""
 import onnx
-from onnx import numpy_helper
 
 from edge_lbp.core import ops
-
-
-def _attribute(node, name, default):
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
-def _readers(graph):
-    counts = {}
-    for node in graph.node:
-        for name in node.input:
-            counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-def _with_nodes(model, nodes):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out
+# (under the private names this module's passes were written with)
+from edge_lbp.runtime.graph_edits import attribute as _attribute
+from edge_lbp.runtime.graph_edits import readers as _readers
+from edge_lbp.runtime.graph_edits import reduced_axes as _reduced_axes
+from edge_lbp.runtime.graph_edits import with_nodes as _with_nodes
+from edge_lbp.runtime.norm_passes import norm_passes
 
 
 def fold_transpose_into_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -117,18 +102,6 @@ def accumulate_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
     return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
 
 
-def _reduced_axes(reduce_sum, initializers):
-    """The constant axes of a ``ReduceSum(keepdims=0)`` (an input since opset 13, an attribute before), or None."""
-    if _attribute(reduce_sum, "keepdims", 1) != 0:
-        return None
-    if len(reduce_sum.input) > 1 and reduce_sum.input[1]:
-        tensor = initializers.get(reduce_sum.input[1])
-        axes = None if tensor is None else numpy_helper.to_array(tensor).reshape(-1).tolist()
-    else:
-        axes = _attribute(reduce_sum, "axes", None)
-    return [int(a) for a in axes] if axes else None  # empty axes: all of them, or none (noop_with_empty_axes)
-
-
 def sum_bias_gradient_with_gelu_grad(model: onnx.ModelProto) -> onnx.ModelProto:
     """``ReduceSum(BiasGeluGrad_dX(dy, x, b), axes, keepdims=0)`` -> ``edge_lbp::BiasGeluGradSum(dy, x, b)``.
 
@@ -202,7 +175,5 @@ def add_into_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def training_passes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Every pass above and ``runtime.norm_passes``, as the numba session applies them to a training graph."""
-    from edge_lbp.runtime.norm_passes import norm_passes  # (that module builds on this one's helpers)
-
     return norm_passes(add_into_matmul(accumulate_in_place(fold_transpose_into_gemm(
         sum_bias_gradient_with_gelu_grad(model)))))

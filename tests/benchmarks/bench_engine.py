@@ -101,9 +101,9 @@ def _without_passes(engine):
 
         numba_session.training_passes = lambda model: model
     elif passes == "no-norm":
-        from edge_lbp.runtime import norm_passes
+        from edge_lbp.runtime import passes as graph_passes
 
-        norm_passes.norm_passes = lambda model: model
+        graph_passes.norm_passes = lambda model: model
     return engine
 
 
