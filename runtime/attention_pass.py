@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from edge_lbp.core import ops
+from edge_lbp.runtime.graph_edits import attribute
 
 _STANDARD = ("", "ai.onnx")
 
@@ -45,18 +46,14 @@ class _Index:
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
-def _attr(node, name, default=0):
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def _is(node, op_type, domain=_STANDARD):
     return node is not None and node.op_type == op_type and node.domain in domain
 
 
 def _fused_matmul(node, trans_a, trans_b):
-    return (_is(node, "FusedMatMul", (ops.MICROSOFT,)) and _attr(node, "transA") == trans_a
-            and _attr(node, "transB") == trans_b and not _attr(node, "transBatchA")
-            and not _attr(node, "transBatchB") and _attr(node, "alpha", 1.0) == 1.0)
+    return (_is(node, "FusedMatMul", (ops.MICROSOFT,)) and attribute(node, "transA", 0) == trans_a
+            and attribute(node, "transB", 0) == trans_b and not attribute(node, "transBatchA", 0)
+            and not attribute(node, "transBatchB", 0) and attribute(node, "alpha", 1.0) == 1.0)
 
 
 def _scale_node(node, index):
@@ -75,7 +72,7 @@ def _scale_node(node, index):
 
 def _forward(softmax, index):
     """The forward nodes and tensors of the attention around ``softmax``, or None."""
-    axis = _attr(softmax, "axis", -1)
+    axis = attribute(softmax, "axis", -1)
     if axis != -1:  # the kernels' rows are the last axis; another axis value needs the rank, unknown here
         return None
     scores, scaled = softmax.input[0], None
@@ -122,7 +119,7 @@ def _backward(fwd, index):
     readers = [n for n in index.readers.get(fwd["probabilities"], []) if n is not fwd["context"]]
     grad_v = next((n for n in readers if _fused_matmul(n, 1, 0) and n.input[0] == fwd["probabilities"]), None)
     grad_s = next((n for n in readers if _is(n, "SoftmaxGrad_13", (ops.MICROSOFT,))
-                   and n.input[1] == fwd["probabilities"] and _attr(n, "axis", -1) == fwd["axis"]), None)
+                   and n.input[1] == fwd["probabilities"] and attribute(n, "axis", -1) == fwd["axis"]), None)
     if grad_v is None or grad_s is None or len(readers) != 2:
         return None
     dout = grad_v.input[1]

@@ -1,29 +1,10 @@
 """Graph passes the device applies at load time (graph in, graph out)."""
 import onnx
-from onnx import numpy_helper
 
 from edge_lbp.core import ops
 from edge_lbp.runtime.attention_pass import fuse_attention
-
-
-def _attribute(node, name, default):
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
-def _readers(graph):
-    counts = {}
-    for node in graph.node:
-        for name in node.input:
-            counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-def _with_nodes(model, nodes):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out
+from edge_lbp.runtime.graph_edits import attribute, readers, reduced_axes, with_nodes
+from edge_lbp.runtime.norm_passes import norm_passes
 
 
 def fold_transpose_into_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -34,25 +15,25 @@ def fold_transpose_into_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
     Gemm without a C input whose output feeds nothing but that Transpose is folded.
     """
     graph = model.graph
-    readers = _readers(graph)
+    counts = readers(graph)
     outputs = {o.name for o in graph.output}
     producer = {o: n for n in graph.node for o in n.output}
     folded, dropped = {}, set()
     for node in graph.node:
         gemm = producer.get(node.input[0]) if node.op_type == "Transpose" and node.input else None
-        if (gemm is None or gemm.op_type != "Gemm" or list(_attribute(node, "perm", [])) != [1, 0]
-                or (len(gemm.input) > 2 and gemm.input[2]) or readers[gemm.output[0]] != 1
+        if (gemm is None or gemm.op_type != "Gemm" or list(attribute(node, "perm", [])) != [1, 0]
+                or (len(gemm.input) > 2 and gemm.input[2]) or counts[gemm.output[0]] != 1
                 or gemm.output[0] in outputs):
             continue
         swapped = onnx.helper.make_node(
             "Gemm", [gemm.input[1], gemm.input[0]], [node.output[0]], name=gemm.name,
-            transA=1 - _attribute(gemm, "transB", 0), transB=1 - _attribute(gemm, "transA", 0),
-            alpha=_attribute(gemm, "alpha", 1.0))
+            transA=1 - attribute(gemm, "transB", 0), transB=1 - attribute(gemm, "transA", 0),
+            alpha=attribute(gemm, "alpha", 1.0))
         folded[id(gemm)] = swapped
         dropped.add(id(node))
     if not folded:
         return model
-    return _with_nodes(model, [folded.get(id(n), n) for n in graph.node if id(n) not in dropped])
+    return with_nodes(model, [folded.get(id(n), n) for n in graph.node if id(n) not in dropped])
 
 
 def _gemm_product(gemm, consumer, chain):
@@ -61,14 +42,14 @@ def _gemm_product(gemm, consumer, chain):
         return None
     return onnx.helper.make_node(
         ops.GEMM_ACCUMULATE, [consumer.input[0], gemm.input[0], gemm.input[1], *_reset(consumer)],
-        list(consumer.output), name=gemm.name, domain=ops.DOMAIN, transA=_attribute(gemm, "transA", 0),
-        transB=_attribute(gemm, "transB", 0), alpha=_attribute(gemm, "alpha", 1.0))
+        list(consumer.output), name=gemm.name, domain=ops.DOMAIN, transA=attribute(gemm, "transA", 0),
+        transB=attribute(gemm, "transB", 0), alpha=attribute(gemm, "alpha", 1.0))
 
 
 def _wht_weight_gradient(grad, consumer, chain):
     """The fused node of ``InPlaceAccumulatorV2(buffer, Transpose(WHTMatMulGrad(...)[1]))``, or None."""
     if (grad.op_type != ops.MATMUL_GRAD or grad.domain != ops.DOMAIN or len(chain) != 1
-            or chain[0].op_type != "Transpose" or list(_attribute(chain[0], "perm", [])) != [1, 0]
+            or chain[0].op_type != "Transpose" or list(attribute(chain[0], "perm", [])) != [1, 0]
             or chain[0].input[0] != grad.output[1]):
         return None
     fused = onnx.helper.make_node(
@@ -93,12 +74,12 @@ def accumulate_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
     Only chains whose intermediate tensors nothing else reads are fused.
     """
     graph = model.graph
-    readers = _readers(graph)
+    counts = readers(graph)
     outputs = {o.name for o in graph.output}
     producer = {o: n for n in graph.node for o in n.output}
 
     def private(name):
-        return readers.get(name) == 1 and name not in outputs
+        return counts.get(name) == 1 and name not in outputs
 
     fused, dropped = {}, set()
     for node in graph.node:
@@ -115,19 +96,7 @@ def accumulate_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
             dropped.update(id(n) for n in (node, *chain))
     if not fused:
         return model
-    return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
-
-
-def _reduced_axes(reduce_sum, initializers):
-    """The constant axes of a ``ReduceSum(keepdims=0)`` (an input since opset 13, an attribute before), or None."""
-    if _attribute(reduce_sum, "keepdims", 1) != 0:
-        return None
-    if len(reduce_sum.input) > 1 and reduce_sum.input[1]:
-        tensor = initializers.get(reduce_sum.input[1])
-        axes = None if tensor is None else numpy_helper.to_array(tensor).reshape(-1).tolist()
-    else:
-        axes = _attribute(reduce_sum, "axes", None)
-    return [int(a) for a in axes] if axes else None  # empty axes: all of them, or none (noop_with_empty_axes)
+    return with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
 
 
 def sum_bias_gradient_with_gelu_grad(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -147,7 +116,7 @@ def sum_bias_gradient_with_gelu_grad(model: onnx.ModelProto) -> onnx.ModelProto:
         if (grad is None or grad.op_type != "BiasGeluGrad_dX" or grad.domain != ops.MICROSOFT
                 or id(grad) in fused):
             continue
-        axes = _reduced_axes(node, initializers)
+        axes = reduced_axes(node, initializers)
         if axes is None:
             continue
         fused[id(grad)] = onnx.helper.make_node(
@@ -156,7 +125,7 @@ def sum_bias_gradient_with_gelu_grad(model: onnx.ModelProto) -> onnx.ModelProto:
         dropped.add(id(node))
     if not fused:
         return model
-    return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
+    return with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
 
 
 def add_into_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -168,7 +137,7 @@ def add_into_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     Only a product (and a bias sum) that nothing else reads is fused.
     """
     graph = model.graph
-    readers = _readers(graph)
+    counts = readers(graph)
     outputs = {o.name for o in graph.output}
     producer = {o: n for n in graph.node for o in n.output}
     consumers = {}
@@ -177,7 +146,7 @@ def add_into_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
             consumers.setdefault(name, node)
 
     def private(name):
-        return readers.get(name) == 1 and name not in outputs
+        return counts.get(name) == 1 and name not in outputs
 
     fused, dropped = {}, set()
     for node in graph.node:
@@ -198,10 +167,11 @@ def add_into_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
         dropped.update(id(n) for n in (matmul, node, last) if n is not last)
     if not fused:
         return model
-    return _with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
+    return with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
 
 
 def training_passes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every pass above, as the numba session applies them to a training graph."""
-    return fuse_attention(
-        add_into_matmul(accumulate_in_place(fold_transpose_into_gemm(sum_bias_gradient_with_gelu_grad(model)))))
+    """Every pass above, ``runtime.norm_passes`` and ``runtime.attention_pass``, as the numba session applies
+    them to a training graph."""
+    return fuse_attention(norm_passes(add_into_matmul(accumulate_in_place(fold_transpose_into_gemm(
+        sum_bias_gradient_with_gelu_grad(model))))))

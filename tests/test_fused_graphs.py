@@ -10,21 +10,36 @@ from edge_lbp.runtime import numba_session, passes
 from engine_check import ZERO_GRADIENT
 
 FUSED_OPS = (ops.BIAS_GELU_GRAD_SUM, ops.MATMUL_ADD)
+NORM_OPS = (ops.MATMUL_ADD_LAYER_NORM, ops.LAYER_NORM_GRAD_ADD)  # runtime.norm_passes
 
 
 def _unfused(model):
     return passes.accumulate_in_place(passes.fold_transpose_into_gemm(model))
 
 
-def _hf_vit():
-    from test_export_hf import build
+def _hf(name):
+    def build():
+        from test_export_hf import build
 
-    return build("vit")
+        return build(name)
+
+    return build
 
 
-FAMILIES = {"vit-tiny": ("vit-tiny", (3, 32, 32), 10), "deit-tiny": ("deit-tiny", (3, 32, 32), 10),
-            "swin-tiny": ("swin-tiny", (3, 32, 32), 10),
-            "efficientformer-tiny": ("efficientformer-tiny", (3, 32, 32), 10), "hf-vit": (_hf_vit, (3, 32, 32), 5)}
+def _mha_vit():
+    from factory_models import mha_vit
+
+    return mha_vit()
+
+
+# family: (model, input shape, classes, the fused ops its graph must have)
+FAMILIES = {"vit-tiny": ("vit-tiny", (3, 32, 32), 10, FUSED_OPS + NORM_OPS),
+            "deit-tiny": ("deit-tiny", (3, 32, 32), 10, FUSED_OPS + NORM_OPS),
+            "swin-tiny": ("swin-tiny", (3, 32, 32), 10, FUSED_OPS + NORM_OPS),
+            "efficientformer-tiny": ("efficientformer-tiny", (3, 32, 32), 10, FUSED_OPS),
+            "hf-vit": (_hf("vit"), (3, 32, 32), 5, FUSED_OPS + NORM_OPS),
+            "hf-swin": (_hf("swin"), (3, 32, 32), 5, FUSED_OPS + NORM_OPS),
+            "torchvision-mha": (_mha_vit, (3, 32, 32), 10, FUSED_OPS + NORM_OPS)}
 
 
 def _steps(folder, shape, classes, steps=3):
@@ -43,13 +58,14 @@ def _steps(folder, shape, classes, steps=3):
 @pytest.mark.parametrize("family, lbp", [(family, "none") for family in FAMILIES] + [("vit-tiny", "lp-tri:4")])
 def test_fused_training_graph_matches_the_unfused_graph(tmp_path, monkeypatch, family, lbp):
     pytest.importorskip("onnxruntime.training", reason="the export extra is not installed")
-    source, shape, classes = FAMILIES[family]
-    edge_lbp.export_model(source() if callable(source) else source, tmp_path, lbp=lbp, optimizer="sgd", lr=0.05)
+    source, shape, classes, expected = FAMILIES[family]
+    edge_lbp.export_model(source() if callable(source) else source, tmp_path, lbp=lbp, optimizer="sgd", lr=0.05,
+                          input_shape=shape)
     fused_session, fused = _steps(tmp_path, shape, classes)
-    assert {s.op_type for s in fused_session.training.steps} >= set(FUSED_OPS)
+    assert {s.op_type for s in fused_session.training.steps} >= set(expected)
     monkeypatch.setattr(numba_session, "training_passes", _unfused)
     plain_session, plain = _steps(tmp_path, shape, classes)
-    assert not {s.op_type for s in plain_session.training.steps} & set(FUSED_OPS)
+    assert not {s.op_type for s in plain_session.training.steps} & set(FUSED_OPS + NORM_OPS)
     for (loss, grads), (want_loss, want_grads) in zip(fused, plain):
         assert abs(loss - want_loss) <= 1e-5 * abs(want_loss)
         assert grads.keys() == want_grads.keys()

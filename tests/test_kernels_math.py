@@ -209,6 +209,22 @@ def test_unary(op, domain, shape):
     compare(op, [_rand(np.random.default_rng(14), *shape, scale=2.0)], domain=domain)
 
 
+def test_erf_is_within_float32_rounding_of_math_erf():
+    """Every float32 on a dense grid over [-6, 6] (and the region boundaries 1 and 4 from both sides): within
+    2.5 ulp of the correctly rounded value, odd, and exactly 0 and ±1 where erf is."""
+    import math
+
+    grid = np.linspace(-6, 6, 600_001, dtype=np.float32)
+    edges = [np.nextafter(np.float32(v), np.float32(d)) for v in (1, 4, -1, -4) for d in (0, 9)]
+    x = np.concatenate([grid, np.array(edges, np.float32), np.float32([0, 1, 4, -1, -4])])
+    got = _kernel(_node("Erf", ["x"], ["y"], "", {}))(x)[0].astype(np.float64)
+    want = np.array([math.erf(v) for v in x.astype(np.float64)])
+    ulps = np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 2.5, (ulps.max(), x[ulps.argmax()])
+    np.testing.assert_array_equal(got, -_kernel(_node("Erf", ["x"], ["y"], "", {}))(-x)[0])
+    assert got[x == 0] == 0 and np.all(np.abs(got[np.abs(x) >= 4]) == 1)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_log(shape):
     compare("Log", [np.abs(_rand(np.random.default_rng(14), *shape, scale=2.0)) + np.float32(0.1)])

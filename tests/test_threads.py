@@ -59,14 +59,15 @@ def test_a_fixed_count_is_not_tuned():
 def test_layernorm_gradient_sums_do_not_depend_on_the_thread_count():
     rng = np.random.default_rng(0)
     rows, m = 788, 768
-    dy, x = rng.standard_normal((2, rows, m)).astype(np.float32)
+    dy, x, addend = rng.standard_normal((3, rows, m)).astype(np.float32)
     scale = rng.standard_normal(m).astype(np.float32)
     mean = x.mean(axis=1).astype(np.float32)
     inv = (1 / np.sqrt(x.var(axis=1) + 1e-5)).astype(np.float32)
     results = []
     for count in (1, 2):
         numba.set_num_threads(count)
-        results.append(norm._layernorm_grad(dy, x, scale, mean, inv, norm.GRAD_BLOCKS))
+        # with the residual gradient added and its column sums (runtime.norm_passes), the sums too
+        results.append(norm._layernorm_grad(dy, x, scale, mean, inv, norm.GRAD_BLOCKS, addend, True, True))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)

@@ -56,6 +56,14 @@ MATMUL_ADD = "MatMulAdd"
 # probabilities recomputed from the row statistics.
 ATTENTION = "Attention"
 ATTENTION_GRAD = "AttentionGrad"
+# Not in artifacts (runtime.passes.layer_norm_into_matmul_add): ``MatMulAddLayerNorm(a, b, bias, residual?, scale,
+# ln_bias?) -> (s, y, mean?, inv_std?)`` is ``s = MatMulAdd(a, b, bias, residual)`` and
+# ``LayerNormalization(s, scale, ln_bias)`` (its attributes) in one pass over the rows.
+MATMUL_ADD_LAYER_NORM = "MatMulAddLayerNorm"
+# Not in artifacts (runtime.norm_passes): ``LayerNormalizationGradAdd(dy, x, scale, mean, inv_std, addend?) -> (dx,
+# dscale, dbias, dsum?)`` is com.microsoft's ``LayerNormalizationGrad`` with ``addend`` (the residual stream's
+# other gradient) added to its input gradient, and ``dsum`` that total's ``ReduceSum`` over ``axes``.
+LAYER_NORM_GRAD_ADD = "LayerNormalizationGradAdd"
 # ORT leaves an unread gradient output nameless; an ONNX function call needs every output named, so the rewrite
 # names it with this marker and the engine skips computing it.
 UNUSED_OUTPUT = "/wht_unused_"

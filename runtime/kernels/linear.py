@@ -56,19 +56,36 @@ def matmul_op(attrs, node):
 _NO_ROWS = np.zeros((0, 0), np.float32)
 
 
+@njit(cache=True)
+def add_row(out, r, bias, residual, use_residual):
+    """``out[r] = (out[r] + bias) + residual[r]`` in place: the float32 operations of the two Add nodes it
+    replaces, in their order (no fastmath, also where a fastmath kernel calls it), so the same bits without the
+    intermediate tensor."""
+    if use_residual:
+        for c in range(out.shape[1]):
+            out[r, c] = (out[r, c] + bias[c]) + residual[r, c]
+    else:
+        for c in range(out.shape[1]):
+            out[r, c] = out[r, c] + bias[c]
+
+
 @njit(parallel=True, cache=True)
 def _add_in_place(out, bias, residual, use_residual):
-    """``out = (out + bias) + residual`` row by row, in place: the float32 operations of the two Add nodes it
-    replaces, in their order (no fastmath), so the same bits without the intermediate tensor."""
-    rows, cols = out.shape
-    for r in prange(rows):
-        if use_residual:
-            for c in range(cols):
-                out[r, c] = (out[r, c] + bias[c]) + residual[r, c]
-        else:
-            for c in range(cols):
-                out[r, c] = out[r, c] + bias[c]
+    for r in prange(out.shape[0]):
+        add_row(out, r, bias, residual, use_residual)
     return out
+
+
+def row_adds(out, bias, residual):
+    """``(out, bias, residual rows, use_residual)`` for the in-place row kernels when ``bias`` is a float32 vector
+    along the product's last axis and ``residual`` (or None) has its shape, as in a linear layer; else None."""
+    vector = out.dtype == bias.dtype == np.float32 and bias.shape == out.shape[-1:]
+    if not vector or (residual is not None and (residual.dtype != np.float32 or residual.shape != out.shape)):
+        return None
+    rows = out.reshape(-1, out.shape[-1])
+    if residual is None:
+        return rows, bias, _NO_ROWS, False
+    return rows, bias, np.ascontiguousarray(residual).reshape(rows.shape), True
 
 
 @register(ops.MATMUL_ADD, ops.DOMAIN)
@@ -77,19 +94,18 @@ def matmul_add(attrs, node):
     adds run in place on the product when the bias is a float32 vector along its last axis and the residual has
     its shape, as in a linear layer; numpy's broadcasting adds otherwise."""
 
-    def run(a, b, bias, residual=None):
-        out = matmul(a, b)  # a fresh C-contiguous array: safe to write
-        vector = out.dtype == bias.dtype == np.float32 and bias.shape == out.shape[-1:]
-        if vector and (residual is None or (residual.dtype == np.float32 and residual.shape == out.shape)):
-            rows = out.reshape(-1, out.shape[-1])
-            with_residual = residual is not None
-            _add_in_place(rows, bias, np.ascontiguousarray(residual).reshape(rows.shape) if with_residual
-                          else _NO_ROWS, with_residual)
-            return (out,)
-        out = out + bias
-        return (out if residual is None else out + residual,)
+    return lambda a, b, bias, residual=None: (add_to_product(matmul(a, b), bias, residual),)
 
-    return run
+
+def add_to_product(out, bias, residual=None):
+    """``(out + bias) + residual`` for a fresh C-contiguous product ``out``: in place when :func:`row_adds`
+    allows, numpy's broadcasting adds otherwise."""
+    fast = row_adds(out, bias, residual)
+    if fast is not None:
+        _add_in_place(*fast)
+        return out
+    out = out + bias
+    return out if residual is None else out + residual
 
 
 @register("FusedMatMul", MS)
