@@ -13,13 +13,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from edge_lbp.core import defaults, ops, ort_names
 from edge_lbp.core.bases import check_block, parse_selection
 from edge_lbp.core.geometry import Geometry, parse_grid
+from edge_lbp.core.gradients.static_shapes import concrete_shapes
 from edge_lbp.core.wht import Projector
 from edge_lbp.export import lbp_functions
 
@@ -150,29 +150,7 @@ def activation_shapes(forward_model: onnx.ModelProto, input_shape: Sequence[int]
     """The shapes of the named tensors for a batch of one, without an ONNX Runtime session: ONNX shape inference
     with data propagation (a Reshape's target computed from Shape ops included), and for what it leaves symbolic
     (a side network's reads) one forward pass of onnx's reference evaluator (numpy)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(forward_model)
-    initializers = {t.name for t in probe.graph.initializer}
-    image = next(v for v in probe.graph.input if v.name not in initializers)
-    for dim, size in zip(image.type.tensor_type.shape.dim, (1, *input_shape)):
-        dim.Clear()
-        dim.dim_value = size
-    inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True).graph
-    wanted, shapes = set(names), {}
-    for value in (*inferred.input, *inferred.value_info, *inferred.output):
-        dims = value.type.tensor_type.shape.dim
-        if value.name in wanted and value.type.tensor_type.HasField("shape") and all(
-                d.HasField("dim_value") for d in dims):
-            shapes[value.name] = tuple(d.dim_value for d in dims)
-    missing = [n for n in names if n not in shapes]
-    if missing:
-        from onnx.reference import ReferenceEvaluator
-
-        produced = {o for n in probe.graph.node for o in n.output}
-        found = [n for n in missing if n in produced]
-        values = ReferenceEvaluator(probe).run(found, {image.name: np.zeros((1, *input_shape), np.float32)})
-        shapes.update((name, value.shape) for name, value in zip(found, values))
-    return shapes
+    return concrete_shapes(forward_model, (1, *input_shape), names)
 
 
 def _grid_candidates(tokens: int, image_hw: Tuple[int, int]) -> set:

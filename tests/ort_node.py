@@ -15,10 +15,6 @@ def run_node(node: onnx.NodeProto, inputs, opset: int = 17):
     list is a sequence input (seq(tensor), element type from its first array); sequence outputs come back as lists.
     ORT updates the inputs of in-place ops (optimizers, InPlaceAccumulatorV2) in the fed arrays: pass copies.
     """
-    import pytest
-
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the reference runs the node)")
-
     feeds, graph_inputs = {}, []
     for name, value in zip(node.input, inputs):
         if not name or value is None:
@@ -34,9 +30,18 @@ def run_node(node: onnx.NodeProto, inputs, opset: int = 17):
     outputs = [onnx.ValueInfoProto(name=o) for o in node.output if o]
     graph = helper.make_graph([node], "single_node", graph_inputs, outputs)
     imports = [helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=imports, ir_version=8)
+    return run_model(helper.make_model(graph, opset_imports=imports, ir_version=8), feeds)
+
+
+def run_model(model: onnx.ModelProto, feeds):
+    """``model``'s outputs in ONNX Runtime, graph optimisations off (each node as written), from the ``feeds`` that
+    name its inputs (others are ignored)."""
+    import pytest
+
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the reference runs the model)")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run([o.name for o in outputs], feeds)
+    inputs = {i.name for i in model.graph.input}
+    return session.run([o.name for o in model.graph.output], {k: v for k, v in feeds.items() if k in inputs})

@@ -9,6 +9,7 @@ from onnx import helper
 from edge_lbp.core import ops
 from edge_lbp.runtime import passes
 from edge_lbp.runtime.graph import Graph
+from ort_node import run_model
 
 F = onnx.TensorProto.FLOAT
 
@@ -37,14 +38,6 @@ def _feeds(shape=(2, 70, 24), cols=16, bias_shape=None, seed=0):
             "r": rand(*shape[:-1], cols), "w2": rand(shape[-1], 3 * cols), "bias2": rand(3 * cols)}
 
 
-def _ort(model, feeds):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the reference)")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
 @pytest.mark.parametrize("shape, bias_shape", [((2, 70, 24), None), ((300, 24), None), ((2, 70, 24), (70, 1))],
                          ids=["tokens", "rows", "broadcast-bias"])
 def test_fused_adds_match_ort_and_the_unfused_graph(shape, bias_shape):
@@ -56,7 +49,7 @@ def test_fused_adds_match_ort_and_the_unfused_graph(shape, bias_shape):
     assert list(fused.graph.node[0].input) == ["h", "w", "bias", "r"]
     feeds = _feeds(shape, bias_shape=bias_shape)
     got = Graph(fused).run(feeds)
-    for g, want in zip(got, _ort(model, feeds)):
+    for g, want in zip(got, run_model(model, feeds)):
         np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     for g, want in zip(got, Graph(model).run(feeds)):
         np.testing.assert_array_equal(g, want)

@@ -11,6 +11,7 @@ from edge_lbp.core import ops
 from edge_lbp.runtime import attention_pass, passes
 from edge_lbp.runtime.graph import Graph
 from engine_check import ZERO_GRADIENT, compare_engines, exceeded
+from ort_node import run_model
 
 MS = ops.MICROSOFT
 F = onnx.TensorProto.FLOAT
@@ -62,14 +63,6 @@ def _feeds(shape, tokens, seed=0):
     return {"q": rand(*shape), "k": rand(*lead, tokens, d), "v": rand(*lead, tokens, d), "dout": rand(*shape)}
 
 
-def _ort(model, feeds):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the reference)")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
 def _strided(feeds):
     """q as the heads of a (B, N, H, d) tensor, k and v as those of one (B, M, 2, H, d) tensor: views, as the
     projections' outputs give them."""
@@ -89,7 +82,7 @@ def test_fused_nodes_match_ort_and_the_unfused_graph(scale, shape, tokens):
     assert [n.op_type for n in fused.graph.node] == ["Transpose", ops.ATTENTION, ops.ATTENTION_GRAD]
     feeds = _feeds(shape, tokens)
     got = Graph(fused).run(feeds)
-    for g, plain, want in zip(got, Graph(model).run(feeds), _ort(model, feeds)):
+    for g, plain, want in zip(got, Graph(model).run(feeds), run_model(model, feeds)):
         np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
         np.testing.assert_allclose(g, plain, rtol=1e-5, atol=1e-5 * np.abs(plain).max())
     for g, strided in zip(got, Graph(fused).run(_strided(feeds))):
@@ -101,7 +94,7 @@ def test_three_dimensional_operands_fuse():
     fused = attention_pass.fuse_attention(model)
     assert ops.ATTENTION_GRAD in [n.op_type for n in fused.graph.node]
     feeds = _feeds((3, 10, 4), 10)
-    for g, want in zip(Graph(fused).run(feeds), _ort(model, feeds)):
+    for g, want in zip(Graph(fused).run(feeds), run_model(model, feeds)):
         np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
@@ -110,7 +103,7 @@ def test_forward_only_graph_fuses_the_forward():
     fused = attention_pass.fuse_attention(model)
     assert [n.op_type for n in fused.graph.node] == ["Transpose", ops.ATTENTION]
     feeds = _feeds((2, 2, 7, 4), 7)
-    np.testing.assert_allclose(Graph(fused).run(feeds)[0], _ort(model, feeds)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(Graph(fused).run(feeds)[0], run_model(model, feeds)[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("model", [_graph(bias=True), _graph(extra_output="p"), _graph(extra_output="s2"),

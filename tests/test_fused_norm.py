@@ -9,6 +9,7 @@ from onnx import helper, numpy_helper
 from edge_lbp.core import ops
 from edge_lbp.runtime import norm_passes, passes
 from edge_lbp.runtime.graph import Graph
+from ort_node import run_model
 
 F = onnx.TensorProto.FLOAT
 MS = "com.microsoft"
@@ -19,14 +20,6 @@ def _model(nodes, inputs, outputs, initializers=()):
                               [helper.make_tensor_value_info(o, F, None) for o in outputs], list(initializers))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)],
                              ir_version=8)
-
-
-def _ort(model, feeds):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the reference)")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in model.graph.input}})
 
 
 def _close(got, want, what):
@@ -65,7 +58,7 @@ def test_add_and_layer_norm_in_one_pass(shape, residual, ln_bias):
                                                "beta" if ln_bias else ""]
     feeds = _forward_feeds(shape)
     got = Graph(fused).run(feeds)
-    _close(got, _ort(model, feeds), ["s", "y", "mean", "inv"])
+    _close(got, run_model(model, feeds), ["s", "y", "mean", "inv"])
     _close(got, Graph(model).run(feeds), ["s", "y", "mean", "inv"])
 
 
@@ -76,7 +69,7 @@ def test_other_layouts_take_the_separate_kernels(bias_shape, axis, norm_shape):
     fused = norm_passes.layer_norm_into_matmul_add(passes.add_into_matmul(model))
     assert [n.op_type for n in fused.graph.node] == [ops.MATMUL_ADD_LAYER_NORM]
     feeds = _forward_feeds((2, 70, 16), bias_shape, norm_shape)
-    _close(Graph(fused).run(feeds), _ort(model, feeds), ["s", "y", "mean", "inv"])
+    _close(Graph(fused).run(feeds), run_model(model, feeds), ["s", "y", "mean", "inv"])
 
 
 def test_norm_of_a_computed_scale_is_left_alone():
@@ -125,7 +118,7 @@ def test_layer_norm_grad_with_residual_and_bias_gradient(shape, axes, residual):
     feeds = _backward_feeds(shape)
     got = Graph(fused).run(feeds)
     names = ["t", "dg", "db", "bias_grad"]
-    _close(got, _ort(model, feeds), names)
+    _close(got, run_model(model, feeds), names)
     _close(got, Graph(model).run(feeds), names)
     assert got[3].dtype == np.float32
 

@@ -13,9 +13,11 @@ from onnx import helper, numpy_helper
 
 from edge_lbp.core import ops, ort_names
 from edge_lbp.core.gradients import registry
-from edge_lbp.core.gradients.forward import (constant_values, fuse_bias_gelu, fuse_gelu, inference_batchnorm,
-                                             inference_dropout, mask_dropout, stash_batchnorm)
+from edge_lbp.core.gradients.forward import (constant_values, drop_identity_dropout, fuse_bias_gelu, fuse_gelu,
+                                             inference_batchnorm, inference_dropout, mask_dropout,
+                                             stash_batchnorm)
 from edge_lbp.core.gradients.registry import GradientError
+from edge_lbp.core.gradients.static_shapes import dims, static_shapes
 from edge_lbp.core.ops import MAX_IR_VERSION
 from edge_lbp.core.ops import MICROSOFT as MS
 
@@ -124,11 +126,9 @@ class Builder:
     constants appended so far."""
 
     def __init__(self, model):
-        self.forward = mask_dropout(stash_batchnorm(fuse_bias_gelu(fuse_gelu(model))))
+        self.forward = mask_dropout(drop_identity_dropout(stash_batchnorm(fuse_bias_gelu(fuse_gelu(model)))))
         inferred = onnx.shape_inference.infer_shapes(model)
-        self.shapes = {vi.name: _shape(vi) for vi in (*inferred.graph.value_info, *inferred.graph.input,
-                                                     *inferred.graph.output)}
-        self.shapes.update((t.name, tuple(t.dims)) for t in model.graph.initializer)
+        self.shapes = static_shapes(model)
         self.types = {vi.name: vi.type.tensor_type.elem_type for vi in (*inferred.graph.value_info,
                                                                         *inferred.graph.input)}
         self.types.update((t.name, t.data_type) for t in model.graph.initializer)
@@ -196,13 +196,6 @@ class Builder:
         return name
 
 
-def _shape(vi):
-    t = vi.type.tensor_type
-    if not t.HasField("shape"):
-        return None
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-
-
 def _requires_grad(nodes, trainable):
     """Tensors that depend on a trainable parameter through ops that carry gradients."""
     needs = set(trainable)
@@ -241,7 +234,7 @@ def _parameters(model, trainable, frozen):
 def _inputs(graph, trainable, frozen):
     """The model inputs, ``labels`` and the parameters, as both of ORT's graphs start their inputs."""
     params = {t.name: t for t in graph.initializer}
-    batch = _shape(graph.output[0])[0]
+    batch = dims(graph.output[0])[0]
     # A model that also lists its initializers as inputs (IR < 4 style) must not declare the parameters twice.
     inputs = [i for i in graph.input if i.name not in params]
     inputs += [helper.make_tensor_value_info(ort_names.LABELS, onnx.TensorProto.INT64, [batch])]

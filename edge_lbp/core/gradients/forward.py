@@ -9,7 +9,9 @@
   (the bias gradient summed while the input gradient is written).
 - A training-mode ``BatchNormalization`` becomes ``com.microsoft::BatchNormInternal``, which also outputs the
   batch mean and inverse standard deviation that ``BatchNormalizationGrad`` reads (named as ORT names it).
-- A ``Dropout`` that can drop gets its mask output (``<node>_mask``), which ``DropoutGrad`` reads.
+- A ``Dropout`` that cannot drop (ratio 0, or not in training mode) is removed, as ORT's graph optimiser removes it:
+  it would only copy, and it stands between ops that load-time passes fuse (attention's softmax and product).
+  One that can drop gets its mask output (``<node>_mask``), which ``DropoutGrad`` reads.
 - For the eval graph, a training-mode ``BatchNormalization`` normalises with its running statistics instead, and a
   ``Dropout`` loses its ``training_mode`` input (so it passes its input through), as ORT's eval graphs have them.
 """
@@ -128,6 +130,38 @@ def dropout_is_identity(node, values):
     ratio = node.input[1] if len(node.input) > 1 else ""
     mode = node.input[2] if len(node.input) > 2 else ""
     return not mode or _is(values, mode, 0) or bool(ratio and _is(values, ratio, 0.0))
+
+
+def drop_identity_dropout(model):
+    """A copy of ``model`` without the Dropouts that pass their input through (``dropout_is_identity``), their
+    readers reading the input instead; one whose output is a graph output, or whose mask is read, stays."""
+    graph = model.graph
+    values = constant_values(graph)
+    kept = {o.name for o in graph.output}
+    read = {name for n in graph.node for name in n.input}
+    alias = {}
+    for node in graph.node:
+        if (node.op_type == "Dropout" and not node.domain and dropout_is_identity(node, values)
+                and node.output[0] not in kept and not read.intersection(node.output[1:2])):
+            alias[node.output[0]] = alias.get(node.input[0], node.input[0])
+    if not alias:
+        return model
+    nodes = []
+    for node in graph.node:
+        if node.output[0] in alias and node.op_type == "Dropout":
+            continue
+        if alias.keys() & set(node.input):
+            node = _with_inputs(node, [alias.get(name, name) for name in node.input])
+        nodes.append(node)
+    return _with_nodes(model, nodes)
+
+
+def _with_inputs(node, inputs):
+    out = type(node)()
+    out.CopyFrom(node)
+    del out.input[:]
+    out.input.extend(inputs)
+    return out
 
 
 def mask_dropout(model):
