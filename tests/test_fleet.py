@@ -156,8 +156,8 @@ def _kill_tree(proc):
 def test_local_deployment_learns_survives_a_killed_node_and_saves_whole_models(artifact, data, tmp_path):
     out = tmp_path / "fleet"
     command = [sys.executable, "-m", "edge_lbp", "fleet", "local", str(artifact), "--data", str(data),
-               "--clients", "3", "--rounds", "2", "--seed", str(SEED), "--out", str(out), "--timeout", "900",
-               "--onnx-preprocessing"]
+               "--clients", "3", "--rounds", "2", "--min-nodes", "2", "--seed", str(SEED), "--out", str(out),
+               "--timeout", "900", "--onnx-preprocessing"]
     fleet = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen, lines, killed = {}, [], None
     try:
