@@ -22,8 +22,8 @@ def _python(code, tmp_path, python=sys.executable):
 DEVICE_IMPORTS = textwrap.dedent("""
     import sys
     import edge_lbp, edge_lbp.runtime, edge_lbp.devices, edge_lbp.export, edge_lbp.core.wht, edge_lbp.cli
-    # Every method's module, its workstation halves included: they are installed on the device too.
-    import edge_lbp.methods.lora.adapters, edge_lbp.methods.side.network, edge_lbp.methods.zo_hybrid.session
+    # Every method's module, and the exporter's torch halves of LoRA and side-tuning: installed on the device too.
+    import edge_lbp.export.lora_adapters, edge_lbp.export.side_network, edge_lbp.methods.zo_hybrid.session
     import numpy as np
     from edge_lbp.core.wht import linear_backward
     gx, gw, gb = linear_backward(np.ones((1, 65, 4), np.float32), np.ones((1, 65, 3), np.float32),

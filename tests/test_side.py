@@ -11,7 +11,7 @@ import edge_lbp  # noqa: E402
 from edge_lbp.export import onnx_export, training  # noqa: E402
 from edge_lbp.methods import export_model  # noqa: E402
 from edge_lbp.export.models import build_model  # noqa: E402
-from edge_lbp.methods.side.network import SideTuned, backbone_reads  # noqa: E402
+from edge_lbp.export.side_network import SideTuned, backbone_reads  # noqa: E402
 from method_split import split  # noqa: E402
 from edge_lbp.methods import export_inference  # noqa: E402
 from engine_check import assert_side_gradients_match  # noqa: E402

@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import re
 
+from edge_lbp.core.names import block_key
 from edge_lbp.methods.base import Method, choose
 
-_BLOCK_INDEX = re.compile(r"(?:^|\.)(?:blocks|layers|layer)\.(\d+)(?=\.)")
 HEAD_PREFIXES = ("head.", "head_dist.", "classifier.", "cls_classifier.", "distillation_classifier.")
 _FINAL_NORM = re.compile(r"(?:norm|fc_norm|[A-Za-z_]\w*\.(?:post_)?layernorm)\.")
 _NORM_OPS = ("LayerNormalization", "BatchNormalization")
 _LAST = re.compile(r"last:([1-9]\d*)")
-
-
-def block_key(name: str):
-    """The block a parameter belongs to: the indices of the ``blocks``/``layers``/``layer`` components of its
-    name (``(stage, block)`` when nested), or None."""
-    return tuple(int(m.group(1)) for m in _BLOCK_INDEX.finditer(name)) or None
 
 
 def last_blocks(names, count: int):

@@ -11,7 +11,7 @@ import re
 from edge_lbp.methods.base import Method, choose
 from edge_lbp.methods.partial import head
 
-LORA_A, LORA_B = "lora_a", "lora_b"  # parameter suffixes: <layer>.lora_a (R, in), <layer>.lora_b (out, R)
+from edge_lbp.core.names import LORA_A, LORA_B
 _SPEC = re.compile(r"lora:([1-9]\d*)")
 
 
@@ -28,7 +28,7 @@ class Lora(Method):
         return cls(int(match.group(1))) if match else None
 
     def adapt(self, model, num_classes=None):
-        from edge_lbp.methods.lora.adapters import add_adapters
+        from edge_lbp.export.lora_adapters import add_adapters
 
         return add_adapters(model, self.rank)
 

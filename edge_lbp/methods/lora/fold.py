@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import numpy as np
 import onnx
 
-from edge_lbp.methods.lora import LORA_A, LORA_B
+from edge_lbp.core.names import LORA_A, LORA_B
 
 
 def fold_lora(model: onnx.ModelProto, params: Dict[str, np.ndarray]) -> Tuple[onnx.ModelProto, Dict[str, np.ndarray]]:

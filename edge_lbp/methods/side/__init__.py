@@ -1,7 +1,7 @@
 """``side``: side-tuning (SynQT-style). A small query network and head read the frozen backbone's tapped blocks;
 only they train, and no gradient reaches the backbone (checked on the training graph at export).
 
-Workstation: :mod:`.network` wraps the torch model (torch). Device: the plain engines train the side network.
+Workstation: :mod:`edge_lbp.export.side_network` wraps the torch model (torch). Device: the plain engines train the side network.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Side(Method):
         return cls(tuple(record["taps"]))
 
     def adapt(self, model, num_classes=None):
-        from edge_lbp.methods.side.network import SideTuned
+        from edge_lbp.export.side_network import SideTuned
 
         wrapped = SideTuned(model, self.taps, num_classes)
         self.taps = tuple(wrapped.taps)
@@ -48,7 +48,7 @@ class Side(Method):
         return memory.inference + memory.depth * memory.block_output, 0
 
     def record(self, forward, training, frozen):
-        from edge_lbp.methods.side.network import backbone_reads
+        from edge_lbp.export.side_network import backbone_reads
 
         read, differentiated = backbone_reads(forward, training)
         if read or differentiated:  # a guard on the wrapper itself: the backbone must be frozen and detached

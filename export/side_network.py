@@ -16,7 +16,7 @@ import re
 import types
 
 from edge_lbp.export.hf import input_shape
-from edge_lbp.methods.partial import block_key
+from edge_lbp.core.names import block_key
 
 BACKBONE_SCOPE = "/backbone/"
 DEFAULT_QUERIES, DEFAULT_WIDTH = 4, 64

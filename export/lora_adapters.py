@@ -11,7 +11,7 @@ import copy
 import functools
 import math
 
-from edge_lbp.methods.lora import LORA_A, LORA_B
+from edge_lbp.core.names import LORA_A, LORA_B
 
 # The presets' and timm's attention and MLP layers, and Hugging Face's (transformers 5: q/k/v/o_proj, mlp.fc1/fc2).
 TARGETS = ("qkv", "proj", "fc1", "fc2", "q_proj", "k_proj", "v_proj", "o_proj")
