@@ -107,7 +107,7 @@ class NumbaSession(Session):
         bases = AdaptiveBases()
         self.training = Graph(training_passes(artifact.graph("training")), name="training graph",
                               random=self.random, bases=bases)
-        self.eval = Graph(artifact.inference_graph(), name="eval graph", random=self.random)
+        self.eval = Graph(training_passes(artifact.inference_graph()), name="eval graph", random=self.random)
         optimizer_graph = artifact.graph("optimizer")
         optimizer = Graph(optimizer_graph, name="optimizer graph")
         wrong = mismatched_shapes(self.training, params) + mismatched_shapes(self.eval, params)

@@ -41,11 +41,12 @@ class Side(Method):
         return choose(names, {n for n in names if n.startswith(SCOPE)}, "--method side")
 
     def estimate(self, memory):
-        """An inference forward plus one normalised copy of each tapped block's output (every block tapped); the
-        side network's own state is small beside it and not counted."""
+        """An inference forward plus one normalised copy of each tapped block's output (every block tapped) but the
+        last, whose copy is taken after the forward's peak; the side network's own state is small beside it and not
+        counted."""
         if not memory.block_output:
             return None
-        return memory.inference + memory.depth * memory.block_output, 0
+        return memory.inference + (memory.depth - 1) * memory.block_output, 0
 
     def record(self, forward, training, frozen):
         from edge_lbp.export.side_network import backbone_reads
