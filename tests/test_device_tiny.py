@@ -162,3 +162,36 @@ def test_cli_damaged_artifact_is_one_clear_line(tmp_path, capsys):
     assert main(["profile", str(damaged), "--steps", "1", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edge-lbp: error: ") and err.count("\n") == 1 and "params.safetensors" in err
+
+
+def _assert_gradients_equal(loss, grads, want):
+    assert sorted(grads) == sorted(k[len("grad/"):] for k in want.files if k.startswith("grad/"))
+    assert loss == pytest.approx(float(want["loss"]), rel=1e-5)
+    for name, grad in grads.items():
+        expected = want[f"grad/{name}"]
+        scale = max(float(np.abs(expected).max()), 1e-6)
+        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+
+
+def test_the_board_exports_an_onnx_file_with_orts_gradients(tmp_path, capsys):
+    """`edge-lbp export model.onnx` with the core requirements alone (what a board has): our gradient builder's
+    artifact of tiny_vit.onnx gives, on its first batch, the loss and gradients ONNX Runtime training gave for the
+    same file on x86_64 (``reference.py record-gradients``), within 1e-5; and it trains."""
+    art = tmp_path / "art"
+    assert main(["export", str(reference.FORWARD), "-o", str(art)]) == 0
+    _assert_gradients_equal(*reference.first_gradients(art), np.load(reference.GRADIENTS))
+    losses, *_ = reference.train(art, "numba", steps=3)
+    assert np.isfinite(losses).all()
+
+
+def test_the_gradient_comparison_can_fail(tmp_path):
+    loss, grads = reference.first_gradients(ARTIFACT)  # lp-tri:2 on a 4x4 block: not the file's default export
+    with pytest.raises(AssertionError):
+        _assert_gradients_equal(loss, grads, np.load(reference.GRADIENTS))
+
+
+def test_the_committed_ort_gradients_are_orts(tmp_path):
+    """The reference file is what ONNX Runtime training gives here (where it is installed)."""
+    pytest.importorskip("onnxruntime.training", reason="the reference gradients are ONNX Runtime training's")
+    edge_lbp.export_model(str(reference.FORWARD), tmp_path / "ref", gradients="ort")
+    _assert_gradients_equal(*reference.first_gradients(tmp_path / "ref", "ort"), np.load(reference.GRADIENTS))
