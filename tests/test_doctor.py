@@ -60,3 +60,12 @@ def test_missing_engine_cache_and_omp_setting_are_reported(bare_machine, monkeyp
     fixes = " | ".join(report["to_fix"])
     assert "NUMBA_CACHE_DIR" in fixes and "OMP_WAIT_POLICY=ACTIVE" in fixes
     assert "NOT writable" in doctor.format_report(report)
+
+
+def test_the_ort_engine_is_looked_for_where_its_wheels_exist(monkeypatch):
+    """macOS arm64 has onnxruntime-training-cpu wheels (universal2); Linux aarch64 has none."""
+    monkeypatch.setattr(doctor.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(doctor.platform, "system", lambda: "Darwin")
+    assert "no wheels" not in doctor._engines([])["ort"]["detail"]
+    monkeypatch.setattr(doctor.platform, "system", lambda: "Linux")
+    assert doctor._engines([])["ort"] == {"available": False, "detail": "onnxruntime-training has no wheels for arm64"}

@@ -16,7 +16,9 @@ from typing import List, Optional
 from edge_lbp._version import __version__
 from edge_lbp.status import ExitStatus
 
-ORT_MACHINES = ("x86_64", "AMD64")  # onnxruntime-training 1.19.2 publishes x86_64 wheels only
+# onnxruntime-training(-cpu) 1.19.2 publishes x86_64 wheels, and macOS universal2 ones (arm64 included)
+ORT_MACHINES = ("x86_64", "AMD64")
+ORT_DISTRIBUTIONS = ("onnxruntime-training-cpu", "onnxruntime-training")  # the ort extra's, or its Linux twin
 
 
 def _version(distribution: str) -> Optional[str]:
@@ -85,7 +87,7 @@ def _blas_section(to_fix: List[str]) -> List[dict]:
 def _engines(to_fix: List[str]) -> dict:
     engines = {"numba": {"available": True, "detail": "device engine (numpy + Numba)"}}
     machine = platform.machine()
-    if machine not in ORT_MACHINES:
+    if machine not in ORT_MACHINES and platform.system() != "Darwin":
         engines["ort"] = {"available": False, "detail": f"onnxruntime-training has no wheels for {machine}"}
         return engines
     try:
@@ -94,7 +96,8 @@ def _engines(to_fix: List[str]) -> dict:
         engines["ort"] = {"available": False, "detail": f"onnxruntime-training not importable ({err})"}
         to_fix.append("the ort engine (reference) needs onnxruntime-training: pip install 'edge-lbp[ort]'")
     else:
-        engines["ort"] = {"available": True, "detail": f"onnxruntime-training {_version('onnxruntime-training')}"}
+        installed = next((d for d in ORT_DISTRIBUTIONS if _version(d)), ORT_DISTRIBUTIONS[0])
+        engines["ort"] = {"available": True, "detail": f"{installed} {_version(installed)}"}
     return engines
 
 
