@@ -7,7 +7,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import edge_lbp
-from edge_lbp.core import ops
+from edge_lbp.core import ops, ort_names
 from edge_lbp.runtime import attention_pass, passes
 from edge_lbp.runtime.graph import Graph
 from engine_check import ZERO_GRADIENT, compare_engines, exceeded
@@ -158,6 +158,9 @@ def test_family_trains_as_the_unfused_graph(tmp_path, monkeypatch, family, lbp):
     kinds = [s.op_type for s in fused_session.training.steps]
     assert attentions and kinds.count(ops.ATTENTION) == kinds.count(ops.ATTENTION_GRAD) == attentions
     assert "Softmax" not in kinds and "SoftmaxGrad_13" not in kinds
+    phases = {(s.op_type, ort_names.backward_phase(s.name, s.op_type)) for s in fused_session.training.steps}
+    assert {(ops.ATTENTION, "forward"), (ops.ATTENTION_GRAD, "backward")} <= phases  # as the profiler splits a step
+    assert (ops.ATTENTION_GRAD, "forward") not in phases and (ops.ATTENTION, "backward") not in phases
     if lbp != "none":
         assert ops.MATMUL_GRAD_ACCUMULATE in kinds
     monkeypatch.setattr(passes, "fuse_attention", lambda m: m)

@@ -18,7 +18,7 @@ LABELS = "labels"
 MOMENT_SUFFIX = "_order_moments"
 # Backward ops outside the ``F_Grad/`` scopes: the loss gradient, ORT's accumulator and the engine's fused ones.
 _BACKWARD_OPS = ("SoftmaxCrossEntropyLossGrad", "InPlaceAccumulatorV2", ops.GEMM_ACCUMULATE,
-                 ops.MATMUL_GRAD_ACCUMULATE, ops.BIAS_GELU_GRAD_SUM, *ops.GRAD_OPS)
+                 ops.MATMUL_GRAD_ACCUMULATE, ops.BIAS_GELU_GRAD_SUM, ops.ATTENTION_GRAD, *ops.GRAD_OPS)
 
 
 def gradient(param: str) -> str:
