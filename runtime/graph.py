@@ -219,6 +219,10 @@ class Graph:
             try:
                 results = step.run(*[values[i] if i >= 0 else None for i in step.inputs])
             except Exception as err:
+                if isinstance(err, SystemError) and isinstance(err.__cause__, KeyboardInterrupt):
+                    # A stop signal's handler ran while a Numba kernel was returning: CPython reports the stop as
+                    # a SystemError caused by it ("returned a result with an exception set"). It is the stop.
+                    raise err.__cause__ from None
                 raise RuntimeError(f"{self.name}: node {step.name} ({step.op_type}) failed: "
                                    f"{type(err).__name__}: {err}") from err
             for slot, value in zip(step.outputs, results):

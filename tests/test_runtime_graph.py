@@ -11,6 +11,7 @@ from edge_lbp.core.artifact import Artifact, ArtifactError
 from edge_lbp.runtime.graph import Graph, UnsupportedGraph
 from edge_lbp.core.graphs import prune_to_outputs
 from edge_lbp.runtime.registry import register
+from edge_lbp.status import Stopped
 
 F = onnx.TensorProto.FLOAT
 
@@ -38,6 +39,25 @@ def test_chain_runs_and_releases_intermediates_after_last_use():
     slot = g._slots
     assert g.steps[1].release == (slot["a"],)  # a dies once n1 has read it
     assert slot["y"] not in sum((s.release for s in g.steps), ())  # graph outputs are kept
+
+
+@register("TestStoppedInKernel", "edge_lbp.test")
+def _stopped_in_kernel(attrs, node):
+    """What CPython raises when a stop signal's handler runs while a native kernel returns its result."""
+    def run(x):
+        if attrs.get("stop", 1):
+            raise SystemError("CPUDispatcher(kernel) returned a result with an exception set") from Stopped(15)
+        raise SystemError("a real failure") from ValueError("inside")
+    return run
+
+
+def test_a_stop_signal_inside_a_kernel_is_the_stop_not_a_failed_node():
+    for stop, raised in ((1, Stopped), (0, RuntimeError)):
+        node = helper.make_node("TestStoppedInKernel", ["x"], ["y"], name="n0", domain="edge_lbp.test", stop=stop)
+        with pytest.raises(raised) as info:
+            Graph(_model([node])).run({"x": np.ones(3, np.float32)})
+        assert stop or "node n0 (TestStoppedInKernel) failed: SystemError: a real failure" in str(info.value)
+    assert info.type is RuntimeError
 
 
 def test_unread_output_is_released_by_its_producer():
