@@ -52,3 +52,8 @@ def lookup(node):
 
 def has_rule(node):
     return _key(node.op_type, node.domain) in _RULES
+
+
+def ruled_ops():
+    """The op types that have a rule (not those listed with ``no_gradient``)."""
+    return {op for (_, op), found in _RULES.items() if found is not _NONE}
