@@ -7,8 +7,8 @@ The artifact is loaded on the numba engine and one inference step warms its kern
   batch 1 and 2, extrapolated per node). The artifact's own method and inference are measured so; the other
   methods estimate themselves (``Method.estimate`` in ``edge_lbp.methods``) from where the artifact's own step
   holds its activations (per block, when the backward starts): zo-hybrid:K keeps the last K blocks' share plus the
-  backward's working set, side an inference forward plus one copy per tapped block but the last. Full backprop and LBP need
-  their own graphs: they are measured when the artifact is one, else not estimated.
+  backward's working set, side an inference forward plus one copy per tapped block but the last. Full backprop and
+  LBP need their own graphs: they are measured when the artifact is one, else not estimated.
 - the **state**: gradient buffers and optimizer moments of what the method trains by backprop (AdamW: 3 copies,
   SGD: 1), and for zo-hybrid one parameter-sized draw.
 

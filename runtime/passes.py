@@ -172,6 +172,6 @@ def add_into_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def training_passes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Every pass above, ``runtime.norm_passes`` and ``runtime.attention_pass``, as the numba session applies
-    them to a training graph."""
+    them to its training graph and to its eval graph (where the passes that need a backward find nothing)."""
     return fuse_attention(norm_passes(add_into_matmul(accumulate_in_place(fold_transpose_into_gemm(
         sum_bias_gradient_with_gelu_grad(model))))))

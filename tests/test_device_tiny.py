@@ -173,7 +173,7 @@ def _assert_gradients_equal(loss, grads, want):
         np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
 
 
-def test_the_board_exports_an_onnx_file_with_orts_gradients(tmp_path, capsys):
+def test_the_board_exports_an_onnx_file_with_orts_gradients(tmp_path):
     """`edge-lbp export model.onnx` with the core requirements alone (what a board has): our gradient builder's
     artifact of tiny_vit.onnx gives, on its first batch, the loss and gradients ONNX Runtime training gave for the
     same file on x86_64 (``reference.py record-gradients``), within 1e-5; and it trains."""
@@ -184,7 +184,7 @@ def test_the_board_exports_an_onnx_file_with_orts_gradients(tmp_path, capsys):
     assert np.isfinite(losses).all()
 
 
-def test_the_gradient_comparison_can_fail(tmp_path):
+def test_the_gradient_comparison_can_fail():
     loss, grads = reference.first_gradients(ARTIFACT)  # lp-tri:2 on a 4x4 block: not the file's default export
     with pytest.raises(AssertionError):
         _assert_gradients_equal(loss, grads, np.load(reference.GRADIENTS))
