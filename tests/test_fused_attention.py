@@ -73,10 +73,11 @@ def _strided(feeds):
 
 
 @pytest.mark.parametrize("scale", ["div", "mul", None])
-@pytest.mark.parametrize("shape, tokens", [((2, 3, 9, 8), 9), ((1, 2, 37, 16), 37), ((2, 2, 6, 5), 11)],
-                         ids=["small", "odd-tokens", "cross"])
+@pytest.mark.parametrize("shape, tokens", [((2, 3, 9, 8), 9), ((1, 2, 37, 16), 37), ((2, 2, 6, 5), 11),
+                                          ((1, 1, 70, 40), 45)], ids=["small", "odd-tokens", "cross", "panels"])
 def test_fused_nodes_match_ort_and_the_unfused_graph(scale, shape, tokens):
-    """Token counts not a multiple of the kernels' 4 x 4 blocks, and keys of another length than queries."""
+    """Token counts and head sizes not a multiple of the register panels (6 rows x 16 or 32 lanes), several
+    panels each way ("panels"), and keys of another length than queries."""
     model = _graph(scale)
     fused = attention_pass.fuse_attention(model)
     assert [n.op_type for n in fused.graph.node] == ["Transpose", ops.ATTENTION, ops.ATTENTION_GRAD]
