@@ -1,6 +1,7 @@
 """``edge-lbp doctor``: runs on any machine, exits 0, names what is missing and how to fix it."""
 import functools
 import json
+import os
 import subprocess
 import sys
 
@@ -53,13 +54,14 @@ def test_missing_engine_cache_and_omp_setting_are_reported(bare_machine, monkeyp
     blocker.write_text("")
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker / "numba"))
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "28")
     monkeypatch.setattr(doctor.platform, "machine", lambda: "aarch64")
     report = doctor.full_report()
     assert not report["numba"]["cache_writable"]
     assert report["engines"]["ort"] == {"available": False, "detail": "onnxruntime-training has no wheels for aarch64"}
     fixes = " | ".join(report["to_fix"])
-    assert "NUMBA_CACHE_DIR" in fixes and "OMP_WAIT_POLICY=ACTIVE" in fixes
-    assert "NOT writable" in doctor.format_report(report)
+    assert "NUMBA_CACHE_DIR" in fixes and "OMP_WAIT_POLICY=ACTIVE" in fixes and "OPENBLAS_THREAD_TIMEOUT=28" in fixes
+    assert "NOT writable" in doctor.format_report(report) and "OPENBLAS_THREAD_TIMEOUT" in doctor.format_report(report)
 
 
 def test_the_ort_engine_is_looked_for_where_its_wheels_exist(monkeypatch):
@@ -69,3 +71,15 @@ def test_the_ort_engine_is_looked_for_where_its_wheels_exist(monkeypatch):
     assert "no wheels" not in doctor._engines([])["ort"]["detail"]
     monkeypatch.setattr(doctor.platform, "system", lambda: "Linux")
     assert doctor._engines([])["ort"] == {"available": False, "detail": "onnxruntime-training has no wheels for arm64"}
+
+
+def test_importing_edge_lbp_sets_how_idle_threads_wait_unless_the_user_did():
+    from edge_lbp.core.config import THREAD_SETTINGS
+
+    code = "import os, edge_lbp; print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_SETTINGS}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PASSIVE", "16"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_THREAD_TIMEOUT": "28"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PASSIVE", "28"]

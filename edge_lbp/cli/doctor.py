@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from edge_lbp._version import __version__
+from edge_lbp.core.config import THREAD_SETTINGS
 from edge_lbp.status import ExitStatus
 
 # onnxruntime-training(-cpu) 1.19.2 publishes x86_64 wheels, and macOS universal2 ones (arm64 included)
@@ -116,10 +117,11 @@ def full_report() -> dict:
     report = device_report()
     to_fix = list(report.pop("hints"))
     report["numba"] = _numba_section(to_fix)
-    report["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
-    if report["omp_wait_policy"] != "PASSIVE":
-        to_fix.append(f"OMP_WAIT_POLICY={report['omp_wait_policy']}: spinning OpenMP threads slow the alternation "
-                      "of Numba kernels and BLAS; unset it (edge_lbp sets PASSIVE) or set PASSIVE")
+    report["thread_settings"] = {name: os.environ.get(name) for name in THREAD_SETTINGS}
+    for name, value in report["thread_settings"].items():
+        if value != THREAD_SETTINGS[name]:
+            to_fix.append(f"{name}={value}: threads that spin while idle slow the alternation of Numba kernels and "
+                          f"BLAS; unset it (edge_lbp sets {THREAD_SETTINGS[name]}) or set {THREAD_SETTINGS[name]}")
     report["blas"] = _blas_section(to_fix)
     report["engines"] = _engines(to_fix)
     report["export"] = _export(to_fix)
@@ -172,7 +174,7 @@ def format_report(report: dict) -> str:
                   f"{layer['layer'] or 'unavailable (' + str(layer['error']) + ')'}"),
         ("numba cache", f"{numba['cache_dir']} ({_yes(numba['cache_writable'], 'writable', 'NOT writable')})"),
         ("kernels", _cache_state(numba["cache"], report["edge_lbp"], numba["version"])),
-        ("OMP_WAIT_POLICY", str(report["omp_wait_policy"])),
+        *((name, str(value)) for name, value in report["thread_settings"].items()),
         ("BLAS", blas),
         ("engines", engines),
         ("export", f"available (torch {report['export']['torch']})" if report["export"]["available"]

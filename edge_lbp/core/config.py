@@ -9,6 +9,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "edge_lbp" / "numba"
 
 
+# How idle threads of the two pools wait; apply_process_settings says why, `edge-lbp doctor` reports other values.
+THREAD_SETTINGS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "16"}
+
+
 def apply_process_settings() -> None:
     """Settings Numba reads once per process, so they are made when ``edge_lbp`` is imported.
 
@@ -17,9 +21,16 @@ def apply_process_settings() -> None:
       alternates Numba kernels and BLAS products; with GNU OpenMP's default spinning, Numba's idle threads keep
       the cores busy while BLAS runs and the other way round. Measured here on 2 cores (ViT-B fc1 backward, LBP
       lp-tri:4): 29 ms spinning, 11 ms passive; the exact GEMMs alone went from 32 to 28 ms.
+    - OpenBLAS's idle threads spin for 2^16 cycles, not its default 2^28 (a tenth of a second), before they
+      sleep (``OPENBLAS_THREAD_TIMEOUT=16`` unless the user chose otherwise): spinning, they held the other core
+      through the Numba kernel after every product, which then ran as slowly at 2 threads as at 1. Measured on an
+      Intel Xeon VM, 2 cores, DeiT-Ti/16 batch 8, 2 threads: 550 ms a step by default, 413 ms with 16 (440 with
+      10, 466 with 20); the products themselves 2 % slower. OpenBLAS reads it when it loads: a program that
+      imported numpy before ``edge_lbp`` keeps the default.
     """
     os.environ.setdefault("NUMBA_CACHE_DIR", str(default_cache_dir()))
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    for name, value in THREAD_SETTINGS.items():
+        os.environ.setdefault(name, value)
     import sys
 
     numba_config = sys.modules.get("numba.core.config")
