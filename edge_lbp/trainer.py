@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edge_lbp import longtail
 from edge_lbp.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, locked, save_checkpoint
 from edge_lbp.data import Dataset, batches, num_batches
 from edge_lbp.memory import check_step_fits
@@ -152,9 +153,12 @@ class Trainer:
         self.updates += 1
         self._micro = 0
 
-    def evaluate(self, data, *, batch_size: int = 64) -> dict:
-        """``{"loss", "accuracy", "samples"}`` over ``data``: a ``Dataset`` or an iterable of ``(x, y)`` batches.
-        The loss is the mean cross-entropy per sample."""
+    def evaluate(self, data, *, batch_size: int = 64, train_counts=None) -> dict:
+        """``{"loss", "accuracy", "samples", "per_class"}`` over ``data``: a ``Dataset`` or an iterable of ``(x, y)``
+        batches. The loss is the mean cross-entropy per sample; ``per_class`` the accuracy of each class (None
+        for a class without samples). With ``train_counts`` (the training images of each class, e.g.
+        ``longtail.class_counts(train.labels)``) also ``groups``: the accuracy on the many-, medium- and few-shot
+        classes (``edge_lbp.longtail``)."""
         if isinstance(data, Dataset):
             data = batches(data, batch_size, shuffle=False)
         loss, correct, samples = 0.0, 0, 0
@@ -164,11 +168,18 @@ class Trainer:
             shifted = logits - logits.max(axis=1, keepdims=True)
             log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
             loss -= float(log_probs[np.arange(len(y)), y].sum())
-            correct += int((logits.argmax(axis=1) == y).sum())
-            samples += len(y)
-        if not samples:
+            # Every count has one entry per class (the labels are below it: log_probs' indexing would fail).
+            correct = correct + np.bincount(y, weights=logits.argmax(axis=1) == y, minlength=logits.shape[1])
+            samples = samples + np.bincount(y, minlength=logits.shape[1])
+        if not np.sum(samples):
             raise ValueError("no samples to evaluate")
-        return {"loss": loss / samples, "accuracy": correct / samples, "samples": samples}
+        metrics = {"loss": loss / samples.sum(), "accuracy": correct.sum() / samples.sum(),
+                   "samples": int(samples.sum()),
+                   "per_class": [c / n if n else None for c, n in zip(correct.tolist(), samples.tolist())]}
+        if train_counts is not None:
+            metrics["groups"] = longtail.accuracy_by_group(correct.tolist(), samples.tolist(),
+                                                           longtail.shot_groups(train_counts))
+        return metrics
 
     def fit(self, train, val=None, *, epochs: int = 1, batch_size: int = 32, augment: bool = True, callbacks=(),
             checkpoint=None, checkpoint_every=None, progress=True) -> list:

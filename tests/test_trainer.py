@@ -121,7 +121,13 @@ def test_evaluate_is_cross_entropy_and_accuracy(artifact, images):
     assert metrics["samples"] == 12
     assert metrics["loss"] == pytest.approx(-log_probs[np.arange(12), data.labels].mean(), rel=1e-6)
     assert metrics["accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == data.labels))
-    assert trainer.evaluate(data) == pytest.approx(metrics)
+    hits = logits.argmax(axis=1) == data.labels
+    assert metrics["per_class"] == pytest.approx([hits[data.labels == k].mean() for k in range(3)] + [None] * 7)
+    again = trainer.evaluate(data, train_counts=[200, 50, 5])
+    assert {k: again.pop(k) for k in ("per_class", "groups")} == {
+        "per_class": metrics.pop("per_class"), "groups": {"many": hits[:4].mean(), "medium": hits[4:8].mean(),
+                                                          "few": hits[8:].mean()}}
+    assert again == pytest.approx(metrics)
 
 
 def test_fit_history_and_callbacks(artifact, images):
@@ -165,12 +171,19 @@ def test_cli_train_then_eval(artifact, images, tmp_path, capsys):
     assert "resuming" in out and "epoch 2/2" in out and "epoch 1/2" not in out
     assert main(["eval", str(artifact), "--threads", "1", "--data", str(images),
                  "--checkpoint", str(checkpoint)]) == 0
-    line = capsys.readouterr().out.strip()
+    line, per_class = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("loss ") and "accuracy " in line and line.endswith("samples 12")
     trainer = Trainer(artifact, threads=THREADS)
     trainer.load_parameters(checkpoint)
     expected = trainer.evaluate(open_dataset(images, trainer.manifest))
     assert line == f"loss {expected['loss']:.4f}  accuracy {expected['accuracy']:.4f}  samples 12"
+    ant, bee, cat = expected["per_class"][:3]
+    shown = [f"ant {ant:.4f}", f"bee {bee:.4f}", f"cat {cat:.4f}"] + [f"{k} -" for k in range(3, 10)]
+    assert per_class == "per class: " + "  ".join(shown)  # the model has 10 outputs, the data 3 classes
+    assert main(["eval", str(artifact), "--threads", "1", "--data", str(images), "--checkpoint", str(checkpoint),
+                 "--train-data", str(images)]) == 0
+    groups = capsys.readouterr().out.strip().splitlines()[-1]
+    assert groups == f"by training images: many -  medium -  few {expected['accuracy']:.4f}"  # 4 images a class
 
 
 def test_cli_train_exports_an_inference_model(artifact, images, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """The ``edge-lbp`` command line: the program's parser and its error handling here, one module per command
 (``demo``, ``export``, ``train`` with ``eval``, ``predict``, ``profile``, ``doctor``, ``fleet``, ``ops``,
-``plan``), each declaring its parser (``add_parser``) beside its handlers; the options several commands share are
-in ``options``.
+``plan``, ``longtail``), each declaring its parser (``add_parser``) beside its handlers; the options several
+commands share are in ``options``.
 
 Command modules import only the standard library, numpy and the light core at their top, their handlers the rest,
 so ``edge-lbp --help`` stays fast and the device path never imports torch or onnxruntime. Every error reaches the
@@ -15,10 +15,10 @@ import sys
 import warnings
 
 from edge_lbp._version import __version__
-from edge_lbp.cli import demo, doctor, export, fleet, ops, plan, predict, profile, train
+from edge_lbp.cli import demo, doctor, export, fleet, longtail, ops, plan, predict, profile, train
 from edge_lbp.status import ExitStatus, raise_stopped, signal_name, status_of, stop_signals
 
-COMMANDS = (demo, export, train, predict, profile, doctor, fleet, ops, plan)  # in the order --help lists them
+COMMANDS = (demo, export, train, predict, profile, doctor, fleet, ops, plan, longtail)  # in the order --help lists them
 
 
 class _UsageError(ValueError):

@@ -55,6 +55,9 @@ def add_parser(commands) -> None:
     cmd.add_argument("--split", default="val", metavar="NAME",
                      help="folder: PATH/NAME if it exists; .npz: x_NAME/y_NAME, x_test for val, else x/y "
                           "(default: %(default)s)")
+    cmd.add_argument("--train-data", metavar="PATH",
+                     help="the training data: its class counts group the classes into many (over 100 images), medium "
+                          "and few (under 20) shots, and the accuracy of each group is reported")
     cmd.set_defaults(run=evaluate)
 
 
@@ -156,11 +159,22 @@ def _method_options(args):
 
 def evaluate(args) -> int:
     from edge_lbp.data import open_dataset
+    from edge_lbp.longtail import class_counts
     from edge_lbp.trainer import Trainer
 
     trainer = Trainer(args.artifact, engine=args.engine, threads=args.threads)
     classes = trainer.load_parameters(args.checkpoint)["classes"] if args.checkpoint else None
+    counts = None
+    if args.train_data:
+        train = open_dataset(args.train_data, trainer.manifest, split="train", classes=classes)
+        classes, counts = classes or train.classes, class_counts(train.labels, len(train.classes))
     data = open_dataset(args.data, trainer.manifest, split=args.split, classes=classes)
-    metrics = trainer.evaluate(data, batch_size=args.batch_size)
+    metrics = trainer.evaluate(data, batch_size=args.batch_size, train_counts=counts)
     print(f"loss {metrics['loss']:.4f}  accuracy {metrics['accuracy']:.4f}  samples {metrics['samples']}")
+    names = data.classes + [str(k) for k in range(len(data.classes), len(metrics["per_class"]))]
+    print("per class: " + "  ".join(f"{name} {'-' if acc is None else f'{acc:.4f}'}"
+                                    for name, acc in zip(names, metrics["per_class"])))
+    if counts is not None:
+        print("by training images: " + "  ".join(f"{group} {'-' if acc is None else f'{acc:.4f}'}"
+                                                 for group, acc in metrics["groups"].items()))
     return ExitStatus.OK
