@@ -278,7 +278,15 @@ def test_in_place_accumulator_v2_as_in_the_training_graph():
     np.testing.assert_array_equal(buffer, [4, 4, 4])
 
 
-SHAPES = [(3, 4), (5,), (2, 2, 3)]
+# Small tensors and one above runtime.kernels.optimizer.PARALLEL_FROM: the serial and the parallel passes.
+SHAPES = [(3, 4), (5,), (2, 2, 3), (300, 256)]
+
+
+def test_the_shapes_take_both_passes():
+    from edge_lbp.runtime.kernels.optimizer import PARALLEL_FROM
+
+    sizes = [int(np.prod(s)) for s in SHAPES]
+    assert min(sizes) < PARALLEL_FROM <= max(sizes)
 
 
 def state(scale=1.0):

@@ -5,10 +5,10 @@ graphs of onnxruntime-training 1.19 do not even declare the updated-tensor outpu
 passed in are modified and returned as the same objects. The arithmetic mirrors ORT's CPU kernels in float32,
 operation by operation, so results match to rounding.
 
-The updates run as one parallel Numba pass per tensor, without fast-math: each element goes through the same
-float32 operations in the same order as the numpy expressions they replace (no fused multiply-add), so the
-results are the same bits, and the same for any thread count. As numpy passes, SGD on ViT-B/16 took 70 ms a step
-(a temporary per tensor, one thread) and AdamW about eight passes over every parameter.
+The updates run as one Numba pass per tensor (parallel for large ones), without fast-math: each element goes
+through the same float32 operations in the same order as the numpy expressions they replace (no fused
+multiply-add), so the results are the same bits, and the same for any thread count. As numpy passes, SGD on
+ViT-B/16 took 70 ms a step (a temporary per tensor, one thread) and AdamW about eight passes over every parameter.
 """
 import numpy as np
 from numba import njit, prange
@@ -49,10 +49,9 @@ def in_place_accumulator_v2(attrs, node):
     return run
 
 
-@njit(parallel=True, cache=True)
-def _sgd(w, g, lr):
-    for i in prange(w.size):
-        w[i] -= lr * g[i]
+@njit(inline="always")
+def _sgd_at(w, g, lr, i):
+    w[i] -= lr * g[i]
 
 
 @njit(inline="always")
@@ -62,25 +61,70 @@ def _moments(g, m1, m2, i, alpha, beta, one_minus_alpha, one_minus_beta):
     m2[i] = m2[i] * beta + (one_minus_beta * g[i]) * g[i]
 
 
+@njit(inline="always")
+def _adamw0_at(w, g, m1, m2, i, lr, decay, alpha, beta, one_minus_alpha, one_minus_beta, epsilon, ac, bc):
+    """torch AdamW: w -= w*lr*wd; then w -= lr*m1 / ((sqrt(m2/bc) + eps) * ac)."""
+    if decay != 0:
+        w[i] -= w[i] * lr * decay
+    _moments(g, m1, m2, i, alpha, beta, one_minus_alpha, one_minus_beta)
+    w[i] -= lr * m1[i] / ((np.sqrt(m2[i] / bc) + epsilon) * ac)
+
+
+@njit(inline="always")
+def _adamw1_at(w, g, m1, m2, i, lr_corrected, decay, lr_decay, alpha, beta, one_minus_alpha, one_minus_beta,
+               epsilon):
+    """Hugging Face AdamW: w -= lr_corrected*m1 / (sqrt(m2) + eps); then w -= (lr*wd)*w."""
+    _moments(g, m1, m2, i, alpha, beta, one_minus_alpha, one_minus_beta)
+    w[i] -= lr_corrected * m1[i] / (np.sqrt(m2[i]) + epsilon)
+    if decay != 0:
+        w[i] -= lr_decay * w[i]
+
+
+# Each update in a parallel pass for large tensors, a serial one for small ones (biases, norms): starting the
+# threads costs tens of microseconds per pass, and a ViT has ~150 tensors, most of them small. Measured on an
+# Intel Xeon VM, 2 threads, DeiT-Ti/16 (5.5 M parameters): SGD 11.8 ms a step in parallel passes only, AdamW 14.5
+# ms (7.8 ms at one thread).
+PARALLEL_FROM = 1 << 16
+
+
+@njit(parallel=True, cache=True)
+def _sgd(w, g, lr):
+    for i in prange(w.size):
+        _sgd_at(w, g, lr, i)
+
+
+@njit(cache=True)
+def _sgd_small(w, g, lr):
+    for i in range(w.size):
+        _sgd_at(w, g, lr, i)
+
+
 @njit(parallel=True, cache=True)
 def _adamw_mode0(w, g, m1, m2, lr, decay, alpha, beta, one_minus_alpha, one_minus_beta, epsilon, ac, bc):
-    """torch AdamW: w -= w*lr*wd; then w -= lr*m1 / ((sqrt(m2/bc) + eps) * ac)."""
     for i in prange(w.size):
-        if decay != 0:
-            w[i] -= w[i] * lr * decay
-        _moments(g, m1, m2, i, alpha, beta, one_minus_alpha, one_minus_beta)
-        w[i] -= lr * m1[i] / ((np.sqrt(m2[i] / bc) + epsilon) * ac)
+        _adamw0_at(w, g, m1, m2, i, lr, decay, alpha, beta, one_minus_alpha, one_minus_beta, epsilon, ac, bc)
+
+
+@njit(cache=True)
+def _adamw_mode0_small(w, g, m1, m2, lr, decay, alpha, beta, one_minus_alpha, one_minus_beta, epsilon, ac, bc):
+    for i in range(w.size):
+        _adamw0_at(w, g, m1, m2, i, lr, decay, alpha, beta, one_minus_alpha, one_minus_beta, epsilon, ac, bc)
 
 
 @njit(parallel=True, cache=True)
 def _adamw_mode1(w, g, m1, m2, lr_corrected, decay, lr_decay, alpha, beta, one_minus_alpha, one_minus_beta,
                  epsilon):
-    """Hugging Face AdamW: w -= lr_corrected*m1 / (sqrt(m2) + eps); then w -= (lr*wd)*w."""
     for i in prange(w.size):
-        _moments(g, m1, m2, i, alpha, beta, one_minus_alpha, one_minus_beta)
-        w[i] -= lr_corrected * m1[i] / (np.sqrt(m2[i]) + epsilon)
-        if decay != 0:
-            w[i] -= lr_decay * w[i]
+        _adamw1_at(w, g, m1, m2, i, lr_corrected, decay, lr_decay, alpha, beta, one_minus_alpha, one_minus_beta,
+                   epsilon)
+
+
+@njit(cache=True)
+def _adamw_mode1_small(w, g, m1, m2, lr_corrected, decay, lr_decay, alpha, beta, one_minus_alpha,
+                       one_minus_beta, epsilon):
+    for i in range(w.size):
+        _adamw1_at(w, g, m1, m2, i, lr_corrected, decay, lr_decay, alpha, beta, one_minus_alpha, one_minus_beta,
+                   epsilon)
 
 
 def _flat(*arrays):
@@ -112,13 +156,14 @@ def adamw_optimizer(attrs, node):
     one_minus_alpha, one_minus_beta = np.float32(1) - alpha, np.float32(1) - beta
 
     def mode0(w, g, m1, m2, lr, ac, bc):
-        _adamw_mode0(*_flat(w, g, m1, m2), lr, weight_decay, alpha, beta, one_minus_alpha, one_minus_beta,
-                     epsilon, ac, bc)
+        kernel = _adamw_mode0 if w.size >= PARALLEL_FROM else _adamw_mode0_small
+        kernel(*_flat(w, g, m1, m2), lr, weight_decay, alpha, beta, one_minus_alpha, one_minus_beta, epsilon, ac, bc)
 
     def mode1(w, g, m1, m2, lr, ac, bc):
         lr_corrected = lr * (np.sqrt(bc) / ac)
-        _adamw_mode1(*_flat(w, g, m1, m2), lr_corrected, weight_decay, lr * weight_decay, alpha, beta, one_minus_alpha,
-                     one_minus_beta, epsilon)
+        kernel = _adamw_mode1 if w.size >= PARALLEL_FROM else _adamw_mode1_small
+        kernel(*_flat(w, g, m1, m2), lr_corrected, weight_decay, lr * weight_decay, alpha, beta, one_minus_alpha,
+               one_minus_beta, epsilon)
 
     update = mode1 if adam_mode else mode0
 
@@ -149,7 +194,7 @@ def sgd_optimizer_v2(attrs, node):
         if enabled:
             lr = np.float32(lr.reshape(-1)[0])
             for w, g in zip(weights, gradients):
-                _sgd(*_flat(w, g), lr)
+                (_sgd if w.size >= PARALLEL_FROM else _sgd_small)(*_flat(w, g), lr)
         return (flag(enabled), weights)[:n_out]
 
     return run
