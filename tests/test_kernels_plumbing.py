@@ -146,6 +146,13 @@ SHAPE = [
     (node("Range", 3), [np.array(0.5, np.float32), np.array(2.0, np.float32), np.array(0.25, np.float32)], 17),
     (node("GlobalAveragePool", 1), [X], 17),
     (node("GlobalAveragePool", 1), [f32(2, 3, 7)], 17),
+    (node("MaxPool", 1, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), [f32(2, 3, 9, 8)], 17),  # a stem
+    (node("MaxPool", 1, kernel_shape=[2, 2], strides=[2, 2]), [f32(1, 2, 7, 6)], 17),
+    (node("MaxPool", 1, kernel_shape=[3, 2], strides=[2, 3], pads=[0, 1, 1, 0], ceil_mode=1), [f32(1, 2, 8, 9)], 17),
+    (node("MaxPool", 1, kernel_shape=[3, 3], dilations=[2, 1], pads=[2, 1, 2, 1]), [f32(1, 2, 7, 5)], 17),
+    (node("MaxPool", 1, kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"), [f32(1, 2, 8, 7)], 17),
+    (node("MaxPool", 1, kernel_shape=[2, 3], strides=[1, 2], auto_pad="SAME_LOWER"), [f32(1, 2, 5, 6)], 17),
+    (node("MaxPool", 1, kernel_shape=[3, 3], auto_pad="VALID"), [f32(1, 2, 5, 6)], 17),
     (node("Squeeze", 2), [f32(1, 3, 1, 2), i64(-2, 0)], 17),
     (node("Squeeze", 1), [f32(1, 3, 1, 2)], 17),
     (node("Unsqueeze", 2), [f32(3, 2), i64(0, -1)], 17),
@@ -204,6 +211,21 @@ def test_shape_ops_match_ort(proto, inputs, opset):
     check(proto, inputs, opset=opset, rtol=1e-5)
 
 
+def test_max_pool_drops_a_ceil_mode_window_that_starts_in_the_padding():
+    """ONNX's shape inference, its reference evaluator and PyTorch give 3 x 3 here; ONNX Runtime 1.19 returns 4 x 4
+    with -FLT_MAX in the extra windows (against its own shape inference): checked against the reference."""
+    from onnx.reference import ReferenceEvaluator
+
+    proto = node("MaxPool", 1, kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)
+    x = f32(1, 2, 5, 5)
+    graph = helper.make_graph([proto], "g", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y0", TensorProto.FLOAT, None)])
+    want = ReferenceEvaluator(helper.make_model(graph)).run(None, {"x0": x})[0]
+    (got,) = kernel(proto)(x)
+    assert want.shape == (1, 2, 3, 3)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_string_constant():
     (got,) = kernel(node("Constant", 0, value_strings=["a", "bc"]))()
     (want,) = run_node(node("Constant", 0, value_strings=["a", "bc"]), [])
@@ -240,6 +262,8 @@ def test_copying_ops_return_contiguous_arrays():
     (node("Scale", 2, domain=MS, scale_down=2), "scale_down"),
     (node("AdamWOptimizer", 6, domain=MS, adam_mode=2), "adam_mode"),
     (node("AdamWOptimizer", 6, domain=MS, adam_mode=0, correct_bias=0), "correct_bias"),
+    (node("MaxPool", 1, 2, kernel_shape=[2, 2]), "Indices"),
+    (node("MaxPool", 1, kernel_shape=[2, 2, 2]), "3 spatial axes"),
 ])
 def test_unsupported_attributes_fail_at_load(proto, message):
     with pytest.raises(ValueError, match=f"test_{proto.op_type}.*{message}"):

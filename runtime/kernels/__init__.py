@@ -8,6 +8,7 @@ from edge_lbp.runtime.kernels import (  # noqa: F401
     loss,
     norm,
     optimizer,
+    pool,
     resize,
     shape,
     stochastic,
