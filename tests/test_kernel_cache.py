@@ -66,3 +66,51 @@ def test_the_engine_cache_is_cold_in_an_empty_folder(tmp_path):
     assert status["fresh"] == status["stale"] == 0 and status["absent"] == len(status["kernels"]) >= 10
     assert "edge_lbp.core.wht_kernels.project_grid" in status["kernels"]
     assert not any(name.endswith("_reflect") for name in status["kernels"])  # inline helpers have no cache files
+
+
+HELPER = textwrap.dedent("""
+    from numba import njit
+
+    @njit(inline="always")
+    def step(x):
+        return x + 1
+""")
+CALLER = textwrap.dedent("""
+    from numba import njit
+    from helper import step
+
+    @njit(cache=True)
+    def add(x):
+        return step(x)
+""")
+
+
+def test_a_cache_folder_per_digest_of_the_sources_catches_an_edited_helper(tmp_path):
+    """Numba checks a cached kernel against its own file only: a helper compiled into it from another file can
+    change and the old machine code still loads. The engine's default cache folder is named by a digest of every
+    Numba source (edge_lbp.core.config.default_cache_dir), so an edited helper gets a new folder."""
+    from edge_lbp.core.config import sources_digest
+
+    (tmp_path / "helper.py").write_text(HELPER)
+    (tmp_path / "caller.py").write_text(CALLER)
+    (tmp_path / "notes.py").write_text("NOTHING = 'compiled here'\n")
+    code = "import caller; print(caller.add(1.0))"
+    shared = tmp_path / "cache"
+    first = sources_digest([tmp_path])
+    assert _run(code, shared, tmp_path) == ["2.0"] and _run(code, tmp_path / first, tmp_path) == ["2.0"]
+    (tmp_path / "notes.py").write_text("NOTHING = 'edited, and no Numba in it'\n")
+    assert sources_digest([tmp_path]) == first
+    (tmp_path / "helper.py").write_text(HELPER.replace("x + 1", "x + 2"))
+    assert _run(code, shared, tmp_path) == ["2.0"]  # stale: the hazard
+    second = sources_digest([tmp_path])
+    assert second != first and _run(code, tmp_path / second, tmp_path) == ["3.0"]
+
+
+def test_the_default_cache_folder_is_named_by_the_engines_sources(tmp_path):
+    code = "import os, edge_lbp; print(os.environ['NUMBA_CACHE_DIR'])"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    result = subprocess.run([sys.executable, "-c", code], env={**env, "XDG_CACHE_HOME": str(tmp_path)},
+                            capture_output=True, text=True, timeout=300, check=True)
+    folder = result.stdout.strip()
+    assert os.path.dirname(folder) == str(tmp_path / "edge_lbp" / "numba")
+    assert len(os.path.basename(folder)) == 16 and int(os.path.basename(folder), 16) >= 0

@@ -4,9 +4,32 @@ from pathlib import Path
 
 
 def default_cache_dir() -> Path:
-    """Numba's on-disk cache lives in the user's cache folder, never beside the installed sources."""
+    """Numba's on-disk cache lives in the user's cache folder, never beside the installed sources, in a folder named
+    by a digest of the engine's Numba sources. Numba checks a cached kernel against its own source file only, so a
+    helper it compiled in from another file (``exp32`` from ``activation.py`` into the attention kernels, say)
+    could change under it, by an upgrade or an edit, and the stale machine code would still be loaded."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edge_lbp" / "numba"
+    return Path(base) / "edge_lbp" / "numba" / sources_digest(_numba_source_roots())
+
+
+def _numba_source_roots():
+    import importlib.util
+
+    return [Path(root) for package in ("edge_lbp.core", "edge_lbp.runtime")
+            for root in importlib.util.find_spec(package).submodule_search_locations]
+
+
+def sources_digest(roots) -> str:
+    """A digest of the Python files under ``roots`` that use Numba (their paths and contents)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(Path(root).rglob("*.py")):
+            text = path.read_bytes()
+            if b"numba" in text:
+                digest.update(path.relative_to(root).as_posix().encode() + b"\0" + text)
+    return digest.hexdigest()[:16]
 
 
 # How idle threads of the two pools wait; apply_process_settings says why, `edge-lbp doctor` reports other values.
