@@ -170,8 +170,57 @@ def add_into_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return with_nodes(model, [fused.get(id(n), n) for n in graph.node if id(n) not in dropped])
 
 
+_STANDARD = ("", "ai.onnx")
+_VIEWS = {"Transpose": ops.TRANSPOSE_VIEW, "Split": ops.SPLIT_VIEW}
+# Readers that take a strided operand as it is and write a new array: a shape's reader, and the scaling of q
+# (``q * scale``: numpy's loop on a strided q costs less than the copy it saves).
+_STRIDED_READERS = ("Shape", "Mul", "Div")
+
+
+def views_into_attention(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``Transpose`` and ``Split`` whose outputs reach only the fused attention (directly, or through other such
+    nodes, ``Squeeze`` and ``Unsqueeze``; ``_STRIDED_READERS`` may read them too) -> ``TransposeView`` and
+    ``SplitView``, which return views: the attention kernels copy each (image, head) tile from strided operands
+    anyway, so the head transposes and splits of q, k, v and the transpose of the output's gradient (contiguous
+    copies) are not needed."""
+    graph = model.graph
+    consumers, outputs, safe = {}, {o.name for o in graph.output}, {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def view_safe(tensor):
+        """``(every reader takes a view, some reader is the attention or leads to it)``."""
+        if tensor not in safe:
+            safe[tensor] = (False, False)  # a graph has no cycles; this also bounds the recursion
+            ok, attention = tensor not in outputs and bool(consumers.get(tensor)), False
+            for r in consumers.get(tensor, []):
+                if r.domain == ops.DOMAIN and r.op_type in (ops.ATTENTION, ops.ATTENTION_GRAD):
+                    attention = True
+                elif r.domain in _STANDARD and r.op_type in ("Squeeze", "Unsqueeze", *_VIEWS):
+                    found = [view_safe(o) for o in r.output if o]
+                    ok = ok and all(f[0] for f in found)
+                    attention = attention or any(f[1] for f in found)
+                else:
+                    ok = ok and r.domain in _STANDARD and r.op_type in _STRIDED_READERS
+            safe[tensor] = (ok, attention)
+        return safe[tensor]
+
+    def viewable(node):
+        found = [view_safe(o) for o in node.output if o]
+        return all(f[0] for f in found) and any(f[1] for f in found)
+
+    viewed = {id(n): onnx.helper.make_node(_VIEWS[n.op_type], list(n.input), list(n.output), name=n.name,
+                                           domain=ops.DOMAIN, **{a.name: onnx.helper.get_attribute_value(a)
+                                                                 for a in n.attribute})
+              for n in graph.node if n.domain in _STANDARD and n.op_type in _VIEWS and viewable(n)}
+    if not viewed:
+        return model
+    return with_nodes(model, [viewed.get(id(n), n) for n in graph.node])
+
+
 def training_passes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Every pass above, ``runtime.norm_passes`` and ``runtime.attention_pass``, as the numba session applies
     them to its training graph and to its eval graph (where the passes that need a backward find nothing)."""
-    return fuse_attention(norm_passes(add_into_matmul(accumulate_in_place(fold_transpose_into_gemm(
-        sum_bias_gradient_with_gelu_grad(model))))))
+    return views_into_attention(fuse_attention(norm_passes(add_into_matmul(accumulate_in_place(
+        fold_transpose_into_gemm(sum_bias_gradient_with_gelu_grad(model)))))))

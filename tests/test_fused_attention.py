@@ -4,7 +4,7 @@ exported family trained with and without the pass."""
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 import edge_lbp
 from edge_lbp.core import ops, ort_names
@@ -164,9 +164,10 @@ def test_family_trains_as_the_unfused_graph(tmp_path, monkeypatch, family, lbp):
     assert (ops.ATTENTION_GRAD, "forward") not in phases and (ops.ATTENTION, "backward") not in phases
     if lbp != "none":
         assert ops.MATMUL_GRAD_ACCUMULATE in kinds
+    assert kinds.count(ops.TRANSPOSE_VIEW) >= attentions  # at least the transpose of the output's gradient
     monkeypatch.setattr(passes, "fuse_attention", lambda m: m)
     plain_session, plain = _steps(tmp_path, classes)
-    assert ops.ATTENTION not in {s.op_type for s in plain_session.training.steps}
+    assert not {ops.ATTENTION, ops.TRANSPOSE_VIEW, ops.SPLIT_VIEW} & {s.op_type for s in plain_session.training.steps}
     for (loss, grads), (want_loss, want_grads) in zip(fused, plain):
         assert abs(loss - want_loss) <= 1e-5 * abs(want_loss)
         largest = max(np.abs(g).max() for g in want_grads.values())
@@ -178,6 +179,42 @@ def test_family_trains_as_the_unfused_graph(tmp_path, monkeypatch, family, lbp):
     monkeypatch.undo()
     measured = compare_engines(tmp_path, (3, 32, 32), classes)
     assert not exceeded(measured), measured
+
+
+def _packed_heads(extra_readers):
+    """q, k, v as the heads of a packed (B, N, 3, H, d) tensor, as the exported ViTs take them, into Attention."""
+    nodes = [helper.make_node("Transpose", ["qkv"], ["heads"], perm=[2, 0, 3, 1, 4]),
+             helper.make_node("Split", ["heads"], ["q3", "k3", "v3"], axis=0, num_outputs=3),
+             *[helper.make_node("Squeeze", [f"{t}3", "zero"], [t]) for t in "qkv"],
+             helper.make_node("Shape", ["q3"], ["q_shape"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("Attention", ["q", "kt", "v"], ["out", "mx", "sm"], domain=ops.DOMAIN),
+             *extra_readers]
+    outputs = ["out"] + [n.output[0] for n in extra_readers]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("qkv", TensorProto.FLOAT, [2, 5, 3, 2, 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        [numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ops.DOMAIN, 1)])
+
+
+@pytest.mark.parametrize("extra, views", [
+    ([], [("heads", ops.TRANSPOSE_VIEW), ("q3", ops.SPLIT_VIEW), ("kt", ops.TRANSPOSE_VIEW)]),
+    # v also transposed for a MatMul, q transposed into a graph output: their copies stay, and so do the split
+    # and the transpose that feed them; k's transpose, read by the attention only, is still a view
+    ([helper.make_node("Transpose", ["v"], ["vt"], perm=[0, 1, 3, 2]),
+      helper.make_node("MatMul", ["vt", "out"], ["o2"]),
+      helper.make_node("Transpose", ["q"], ["qt"], perm=[0, 1, 3, 2])], [("kt", ops.TRANSPOSE_VIEW)]),
+], ids=["attention-only", "other-readers"])
+def test_views_replace_only_copies_that_reach_the_fused_attention(extra, views):
+    """Transpose and Split become views where only the attention reads what they make (a Shape may read it too)."""
+    model = _packed_heads(extra)
+    viewed = passes.views_into_attention(model)
+    assert [(n.output[0], n.op_type) for n in viewed.graph.node if n.domain == ops.DOMAIN
+            and n.op_type in (ops.TRANSPOSE_VIEW, ops.SPLIT_VIEW)] == views
+    x = np.random.default_rng(0).standard_normal((2, 5, 3, 2, 4)).astype(np.float32)
+    for got, want in zip(Graph(viewed).run({"qkv": x}), Graph(model).run({"qkv": x})):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("family", ["swin-tiny", "hf-swin"])

@@ -64,6 +64,11 @@ MATMUL_ADD_LAYER_NORM = "MatMulAddLayerNorm"
 # dscale, dbias, dsum?)`` is com.microsoft's ``LayerNormalizationGrad`` with ``addend`` (the residual stream's
 # other gradient) added to its input gradient, and ``dsum`` that total's ``ReduceSum`` over ``axes``.
 LAYER_NORM_GRAD_ADD = "LayerNormalizationGradAdd"
+# Not in artifacts (runtime.passes.views_into_attention): ``TransposeView`` and ``SplitView`` are ``Transpose`` and
+# ``Split`` (their attributes and inputs) returning numpy views instead of contiguous copies, for outputs that reach
+# only the fused attention, which reads strided operands.
+TRANSPOSE_VIEW = "TransposeView"
+SPLIT_VIEW = "SplitView"
 # ORT leaves an unread gradient output nameless; an ONNX function call needs every output named, so the rewrite
 # names it with this marker and the engine skips computing it.
 UNUSED_OUTPUT = "/wht_unused_"

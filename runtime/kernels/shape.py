@@ -1,14 +1,17 @@
 """Shape, data-movement and reduction kernels.
 
 Aliasing contract for the executor: Identity (elementwise.py), Reshape, Flatten, Squeeze, Unsqueeze, a 2-D
-Transpose and a ReduceSum/ReduceMean no-op return views of their input; Constant returns the same read-only array
-on every call; every other output here is a fresh C-contiguous array (Transpose of 3 or more dimensions, Slice,
-Split and Expand copy so the math kernels receive contiguous, writable data).
+Transpose, a ReduceSum/ReduceMean no-op, and edge_lbp's TransposeView and SplitView (which
+``runtime.passes.views_into_attention`` puts in where only the fused attention reads them) return views of their
+input; Constant returns the same read-only array on every call; every other output here is a fresh C-contiguous
+array (Transpose of 3 or more dimensions, Slice, Split and Expand copy so the math kernels receive contiguous,
+writable data).
 """
 import math
 
 import numpy as np
 
+from edge_lbp.core import ops
 from edge_lbp.runtime.kernels.common import MS
 from edge_lbp.runtime.registry import register
 
@@ -70,6 +73,12 @@ def transpose(attrs, node):
         return (np.ascontiguousarray(x.transpose(perm)),)
 
     return run
+
+
+@register(ops.TRANSPOSE_VIEW, ops.DOMAIN)
+def transpose_view(attrs, node):
+    perm = attrs.get("perm")
+    return lambda x: (x.transpose(perm),)
 
 
 def _slice(start, end, step, dim):
@@ -183,7 +192,7 @@ def concat_training(attrs, node):
     return run
 
 
-def _split(node, x, axis, lengths, count):
+def _split(node, x, axis, lengths, count, copy=True):
     dim = x.shape[axis]
     if lengths is None:
         # Opset 18's rule (opset 13 only allows the evenly divisible case, where it agrees): ceil-sized
@@ -195,7 +204,8 @@ def _split(node, x, axis, lengths, count):
     if len(lengths) != count or sum(lengths) != dim or min(lengths) < 0:
         raise ValueError(f"{node.name}: {node.op_type} lengths {lengths} do not split a dimension of {dim} "
                          f"into {count} outputs")
-    return tuple(np.ascontiguousarray(p) for p in np.split(x, np.cumsum(lengths)[:-1], axis=axis))
+    parts = np.split(x, np.cumsum(lengths)[:-1], axis=axis)
+    return tuple(np.ascontiguousarray(p) for p in parts) if copy else tuple(parts)
 
 
 @register("Split")
@@ -204,6 +214,12 @@ def split(attrs, node):
     if attrs.get("num_outputs", count) != count:
         raise ValueError(f"{node.name}: Split num_outputs={attrs['num_outputs']} but the node has {count} outputs")
     return lambda x, lengths=None: _split(node, x, axis, lengths, count)
+
+
+@register(ops.SPLIT_VIEW, ops.DOMAIN)
+def split_view(attrs, node):
+    axis, count = attrs.get("axis", 0), len(node.output)
+    return lambda x, lengths=None: _split(node, x, axis, lengths, count, copy=False)
 
 
 @register("SplitTraining", MS)
