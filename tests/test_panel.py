@@ -42,10 +42,14 @@ def test_an_empty_reduction_gives_zeros(product, lanes):
     assert not out.any()
 
 
-def test_padded_rounds_each_side_up_with_zeros():
-    x = np.arange(35, dtype=np.float32).reshape(5, 7)
-    got = njit(lambda x: panel.padded(x, 6, 16))(x)
-    assert got.shape == (6, 16) and got.flags.c_contiguous
-    np.testing.assert_array_equal(got[:5, :7], x)
-    assert not got[5:].any() and not got[:, 7:].any()
-
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed view", "strided rows"])
+def test_padded_rounds_each_side_up_with_zeros(layout, transposed):
+    base = np.arange(70, dtype=np.float32).reshape(5, 14)
+    x = {"contiguous": base[:, :7], "transposed view": np.ascontiguousarray(base[:, :7].T).T,
+         "strided rows": base[:, ::2]}[layout]
+    got = njit(lambda x, t: panel.padded(x, 6, 16, t))(x, transposed)
+    want = x.T if transposed else x
+    assert got.shape == ((12, 16) if transposed else (6, 16)) and got.flags.c_contiguous  # (7, 5) and (5, 7)
+    np.testing.assert_array_equal(got[:want.shape[0], :want.shape[1]], want)
+    assert not got[want.shape[0]:].any() and not got[:, want.shape[1]:].any()
