@@ -178,12 +178,18 @@ _STRIDED_READERS = ("Shape", "Mul", "Div")
 
 
 def views_into_attention(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``Transpose`` and ``Split`` whose outputs reach only the fused attention (directly, or through other such
-    nodes, ``Squeeze`` and ``Unsqueeze``; ``_STRIDED_READERS`` may read them too) -> ``TransposeView`` and
-    ``SplitView``, which return views: the attention kernels copy each (image, head) tile from strided operands
-    anyway, so the head transposes and splits of q, k, v and the transpose of the output's gradient (contiguous
-    copies) are not needed."""
+    """In a training graph, ``Transpose`` and ``Split`` whose outputs reach only the fused attention (directly, or
+    through other such nodes, ``Squeeze`` and ``Unsqueeze``; ``_STRIDED_READERS`` may read them too) ->
+    ``TransposeView`` and ``SplitView``, which return views: the attention kernels copy each (image, head) tile from
+    strided operands anyway, so the head transposes and splits of q, k, v and the transpose of the output's
+    gradient (contiguous copies) are not needed."""
     graph = model.graph
+    # Training graphs only (with AttentionGrad): there the backward keeps q, k, v alive and the copies cost memory
+    # (9-16 % of the peak RSS). In forward-only graphs (evaluation, a side network's frozen backbone) the views were
+    # not measured to help, and they moved edge-lbp plan's side-tuning estimate, taken from an eval graph, 32 %
+    # away from the side graph's own step.
+    if not any(n.domain == ops.DOMAIN and n.op_type == ops.ATTENTION_GRAD for n in graph.node):
+        return model
     consumers, outputs, safe = {}, {o.name for o in graph.output}, {}
     for node in graph.node:
         for name in node.input:

@@ -189,8 +189,10 @@ def _packed_heads(extra_readers):
              helper.make_node("Shape", ["q3"], ["q_shape"]),
              helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
              helper.make_node("Attention", ["q", "kt", "v"], ["out", "mx", "sm"], domain=ops.DOMAIN),
+             helper.make_node("AttentionGrad", ["out", "q", "kt", "v", "mx", "sm"], ["dq", "dkt", "dv"],
+                              domain=ops.DOMAIN),
              *extra_readers]
-    outputs = ["out"] + [n.output[0] for n in extra_readers]
+    outputs = ["out", "dq", "dkt", "dv"] + [n.output[0] for n in extra_readers]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("qkv", TensorProto.FLOAT, [2, 5, 3, 2, 4])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
@@ -207,9 +209,13 @@ def _packed_heads(extra_readers):
       helper.make_node("Transpose", ["q"], ["qt"], perm=[0, 1, 3, 2])], [("kt", ops.TRANSPOSE_VIEW)]),
 ], ids=["attention-only", "other-readers"])
 def test_views_replace_only_copies_that_reach_the_fused_attention(extra, views):
-    """Transpose and Split become views where only the attention reads what they make (a Shape may read it too)."""
+    """Transpose and Split become views where only the attention reads what they make (a Shape may read it too),
+    in a training graph (with AttentionGrad); a forward-only graph keeps its copies."""
     model = _packed_heads(extra)
     viewed = passes.views_into_attention(model)
+    forward_only = _packed_heads(extra)
+    forward_only.graph.node.remove(next(n for n in forward_only.graph.node if n.op_type == ops.ATTENTION_GRAD))
+    assert passes.views_into_attention(forward_only) is forward_only
     assert [(n.output[0], n.op_type) for n in viewed.graph.node if n.domain == ops.DOMAIN
             and n.op_type in (ops.TRANSPOSE_VIEW, ops.SPLIT_VIEW)] == views
     x = np.random.default_rng(0).standard_normal((2, 5, 3, 2, 4)).astype(np.float32)
