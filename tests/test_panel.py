@@ -48,8 +48,8 @@ def test_padded_rounds_each_side_up_with_zeros(layout, transposed):
     base = np.arange(70, dtype=np.float32).reshape(5, 14)
     x = {"contiguous": base[:, :7], "transposed view": np.ascontiguousarray(base[:, :7].T).T,
          "strided rows": base[:, ::2]}[layout]
-    got = njit(lambda x, t: panel.padded(x, 6, 16, t))(x, transposed)
     want = x.T if transposed else x
+    got = njit(lambda x: panel.padded(x, 6, 16))(want)
     assert got.shape == ((12, 16) if transposed else (6, 16)) and got.flags.c_contiguous  # (7, 5) and (5, 7)
     np.testing.assert_array_equal(got[:want.shape[0], :want.shape[1]], want)
     assert not got[want.shape[0]:].any() and not got[:, want.shape[1]:].any()

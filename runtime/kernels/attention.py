@@ -101,28 +101,21 @@ def _panel(lanes):
 
 
 @njit(inline="always")
-def _put(out, x, r, c, transposed):
-    if transposed:
-        out[c, r] = x[r, c]
-    else:
-        out[r, c] = x[r, c]
-
-
-@njit(inline="always")
-def padded(x, row_multiple, col_multiple, transposed=False):
-    """``x`` (``x.T`` when ``transposed``) copied into a C-contiguous float32 array of zeros whose sides are
-    rounded up to the multiples. The loops run along ``x``'s axis of the smaller stride (the head tiles of a
-    packed qkv tensor are read in place): Numba's slice assignment from a strided view took 2-3 times as long."""
-    rows, cols = (x.shape[1], x.shape[0]) if transposed else x.shape
+def padded(x, row_multiple, col_multiple):
+    """``x`` copied into a C-contiguous float32 array of zeros whose sides are rounded up to the multiples. The
+    loops run along ``x``'s axis of the smaller stride, so a transposed view (``k``, ``P``, ``dS``) is transposed
+    while it is read: Numba's slice assignment from a strided view took 2-3 times as long (the head tiles of a
+    packed qkv tensor are read in place)."""
+    rows, cols = x.shape
     out = np.zeros((-(-rows // row_multiple) * row_multiple, -(-cols // col_multiple) * col_multiple), np.float32)
     if x.strides[1] <= x.strides[0]:
-        for r in range(x.shape[0]):
-            for c in range(x.shape[1]):
-                _put(out, x, r, c, transposed)
+        for r in range(rows):
+            for c in range(cols):
+                out[r, c] = x[r, c]
     else:
-        for c in range(x.shape[1]):
-            for r in range(x.shape[0]):
-                _put(out, x, r, c, transposed)
+        for c in range(cols):
+            for r in range(rows):
+                out[r, c] = x[r, c]
     return out
 
 
@@ -185,7 +178,7 @@ def _forward(q, kt, v, scale):
     row_sum = np.empty((b, h, n), np.float32)
     for tile in prange(b * h):
         i, k = tile // h, tile % h
-        qs, kts = padded(q[i, k], ROWS, 1), padded(kt[i, k].T, 1, LANES, True)
+        qs, kts = padded(q[i, k], ROWS, 1), padded(kt[i, k], 1, LANES)
         s = np.empty((qs.shape[0], kts.shape[1]), np.float32)
         product(qs, kts, s, scale)
         _probabilities(s[:n, :m], row_max[i, k], row_sum[i, k], True)
@@ -205,16 +198,16 @@ def _backward(dout, q, kt, v, row_max, row_sum, scale):
     dv = np.empty((b, h, m, d), np.float32)
     for tile in prange(b * h):
         i, k = tile // h, tile % h
-        qs, kts = padded(q[i, k], ROWS, 1), padded(kt[i, k].T, 1, LANES, True)
+        qs, kts = padded(q[i, k], ROWS, 1), padded(kt[i, k], 1, LANES)
         p = np.empty((qs.shape[0], kts.shape[1]), np.float32)
         product(qs, kts, p, scale)
         _probabilities(p[:n, :m], row_max[i, k], row_sum[i, k], False)
         dos = padded(dout[i, k], ROWS, LANES)  # dP's left operand and dv's right one
-        pt = padded(p[:n, :m], ROWS, 1, True)
+        pt = padded(p[:n, :m].T, ROWS, 1)
         dvs = np.empty((pt.shape[0], dos.shape[1]), np.float32)
         product(pt, dos[:n], dvs, ONE)
         dv[i, k] = dvs[:m, :d]
-        vts = padded(v[i, k], 1, LANES, True)
+        vts = padded(v[i, k].T, 1, LANES)
         ds = np.empty((dos.shape[0], vts.shape[1]), np.float32)
         product(dos[:, :d], vts, ds, ONE)  # dP
         for r in range(n):  # dS = P * (dP - rowsum(P * dP)), times the scale of the product
@@ -227,7 +220,7 @@ def _backward(dout, q, kt, v, row_max, row_sum, scale):
         dqs = np.empty((ds.shape[0], ks.shape[1]), np.float32)
         product(ds[:, :m], ks, dqs, ONE)  # dP's padding rows are zeros: dout's padding is
         dq[i, k] = dqs[:n, :d]
-        dst, qp = padded(ds[:n, :m], ROWS, 1, True), padded(q[i, k], 1, LANES)
+        dst, qp = padded(ds[:n, :m].T, ROWS, 1), padded(q[i, k], 1, LANES)
         dks = np.empty((dst.shape[0], qp.shape[1]), np.float32)
         product(dst, qp, dks, ONE)
         dk[i, k] = dks[:m, :d]
